@@ -1,0 +1,560 @@
+//! Layered configuration: built-in defaults, then an optional TOML file, then environment
+//! variables prefixed `WEBHOOK_BRIDGE__` with `__` between nested keys. The whole tree is
+//! validated at startup, and every error names the offending key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretUrl;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";
+
+/// Paths served by the bridge itself, which the webhook path must not shadow.
+const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Upper bound for `server.max_body_bytes`; a callback is a small JSON document.
+const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The complete bridge configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub broker: BrokerSettings,
+    pub redis: RedisSettings,
+    pub rabbitmq: RabbitMqSettings,
+    pub event: EventSettings,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Socket address to listen on, such as `0.0.0.0:8080`.
+    pub listen: String,
+    /// Path of the callback endpoint.
+    pub webhook_path: String,
+    /// Largest accepted request body in bytes, counted on the bytes received.
+    pub max_body_bytes: usize,
+    /// Number of HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Time allowed to read the request head before the connection is closed (408).
+    pub client_request_timeout_ms: u64,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_timeout_secs: u64,
+    /// Value of the `Retry-After` header on 503 answers, in seconds.
+    pub retry_after_secs: u64,
+    /// Whether to log one line per request (method, path without query string, status).
+    pub access_log: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            webhook_path: "/webhook".to_owned(),
+            max_body_bytes: 256 * 1024,
+            workers: 0,
+            client_request_timeout_ms: 5_000,
+            shutdown_timeout_secs: 30,
+            retry_after_secs: 5,
+            access_log: true,
+        }
+    }
+}
+
+/// Which message broker receives the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    #[default]
+    Rabbitmq,
+}
+
+/// Settings shared by every broker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// The broker that events are published to.
+    pub kind: BrokerKind,
+    /// How long a publish may take, confirmation included, before it counts as failed.
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Rabbitmq,
+            publish_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// What to do with a callback when Redis cannot be reached in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisUnavailable {
+    /// Answer 503 so that the provider retries later.
+    #[default]
+    Reject,
+    /// Publish without deduplication: duplicates become possible, nothing is lost.
+    Publish,
+}
+
+/// Redis settings for deduplication.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL, `redis://[:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: SecretUrl,
+    /// Prefix of every dedup key; the key is `<prefix><task_id>:<status>`.
+    pub key_prefix: String,
+    /// Time allowed to open a connection.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one Redis command, round trip included.
+    pub response_timeout_ms: u64,
+    /// Lifetime of a claim while its event is being published; covers a crashed bridge.
+    pub pending_ttl_ms: u64,
+    /// How long a re-delivery waits for a concurrent request that holds the claim.
+    pub pending_wait_ms: u64,
+    /// Lifetime of the record of a published event: the dedup window.
+    pub dedup_ttl_secs: u64,
+    /// Behaviour when Redis is down or too slow: `reject` (503) or `publish` (no dedup).
+    pub on_unavailable: OnRedisUnavailable,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new_unchecked("redis://127.0.0.1:6379"),
+            key_prefix: "webhook-bridge:dedup:".to_owned(),
+            connect_timeout_ms: 1_000,
+            response_timeout_ms: 1_000,
+            pending_ttl_ms: 30_000,
+            pending_wait_ms: 5_000,
+            dedup_ttl_secs: 24 * 60 * 60,
+            on_unavailable: OnRedisUnavailable::Reject,
+        }
+    }
+}
+
+/// RabbitMQ settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqSettings {
+    /// AMQP URL, `amqp://user:password@host:port/vhost` (vhost `/` is written `%2f`).
+    pub url: SecretUrl,
+    /// Durable topic exchange that events are published to.
+    pub exchange: String,
+    /// Whether to declare the exchange at connection time.
+    pub declare_exchange: bool,
+    /// Whether to declare the two durable queues and bind them to the exchange.
+    pub declare_queues: bool,
+    /// Queue bound to routing key `task.completed`.
+    pub queue_completed: String,
+    /// Queue bound to routing key `task.failed`.
+    pub queue_failed: String,
+    /// `app_id` property of every published message.
+    pub app_id: String,
+    /// Time allowed to connect, open the channel and declare the topology.
+    pub connect_timeout_ms: u64,
+    /// First delay between reconnection attempts; it doubles up to the maximum.
+    pub reconnect_min_delay_ms: u64,
+    /// Largest delay between reconnection attempts.
+    pub reconnect_max_delay_ms: u64,
+}
+
+impl Default for RabbitMqSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new_unchecked("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            exchange: "tasks".to_owned(),
+            declare_exchange: true,
+            declare_queues: true,
+            queue_completed: "task.completed".to_owned(),
+            queue_failed: "task.failed".to_owned(),
+            app_id: "webhook-bridge".to_owned(),
+            connect_timeout_ms: 5_000,
+            reconnect_min_delay_ms: 100,
+            reconnect_max_delay_ms: 10_000,
+        }
+    }
+}
+
+/// CloudEvents attributes set by the bridge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// The CloudEvents `source` attribute, a URI reference naming this bridge.
+    pub source: String,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            source: "webhook-bridge".to_owned(),
+        }
+    }
+}
+
+/// A configuration error that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration key `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the configuration from the defaults, the optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, None)
+    }
+
+    /// Loads the configuration with `environment` in place of the process environment.
+    pub fn load_from(
+        file: Option<&Path>,
+        environment: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("file {} not found", path.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(environment);
+        let layered = builder
+            .add_source(environment)
+            .build()
+            .map_err(|error| ConfigError::new("--config", error.to_string()))?;
+
+        let settings: Settings = serde_path_to_error::deserialize(layered).map_err(|error| {
+            let key = error.path().to_string();
+            ConfigError::new(&key, error.into_inner().to_string())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the values that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        if self.broker.publish_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "broker.publish_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        self.redis.validate(&self.broker)?;
+        self.rabbitmq.validate()?;
+        if self.event.source.trim().is_empty() {
+            return Err(ConfigError::new("event.source", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Renders the configuration as one line of JSON with every secret redacted.
+    pub fn to_redacted_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|error| format!("<unprintable: {error}>"))
+    }
+}
+
+impl ServerSettings {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "server.listen",
+                format!(
+                    "`{}` is not a socket address such as 0.0.0.0:8080",
+                    self.listen
+                ),
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let path = &self.webhook_path;
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(ConfigError::new(
+                "server.webhook_path",
+                format!("`{path}` must start with `/` and name a path, such as /webhook"),
+            ));
+        }
+        if path.contains(['?', '#', '{', '}']) || path.chars().any(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "server.webhook_path",
+                format!("`{path}` must be a plain path without `?`, `#`, braces or spaces"),
+            ));
+        }
+        if RESERVED_PATHS.contains(&path.as_str()) {
+            return Err(ConfigError::new(
+                "server.webhook_path",
+                format!("`{path}` is reserved for health checks"),
+            ));
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_LIMIT {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                format!("must be between 1 and {MAX_BODY_LIMIT}"),
+            ));
+        }
+        if self.retry_after_secs == 0 {
+            return Err(ConfigError::new(
+                "server.retry_after_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.client_request_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "server.client_request_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RedisSettings {
+    fn validate(&self, broker: &BrokerSettings) -> Result<(), ConfigError> {
+        self.url
+            .require_scheme(&["redis", "rediss"])
+            .map_err(|message| ConfigError::new("redis.url", message))?;
+        if self.key_prefix.is_empty() {
+            return Err(ConfigError::new(
+                "redis.key_prefix",
+                "must not be empty, so that dedup keys cannot collide with other data",
+            ));
+        }
+        for (key, value) in [
+            ("redis.connect_timeout_ms", self.connect_timeout_ms),
+            ("redis.response_timeout_ms", self.response_timeout_ms),
+            ("redis.pending_wait_ms", self.pending_wait_ms),
+            ("redis.dedup_ttl_secs", self.dedup_ttl_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        // A claim that expires while its publish is still running would let a
+        // re-delivery publish the same event a second time.
+        if self.pending_ttl_ms <= broker.publish_timeout_ms + self.response_timeout_ms {
+            return Err(ConfigError::new(
+                "redis.pending_ttl_ms",
+                format!(
+                    "must be greater than broker.publish_timeout_ms + redis.response_timeout_ms ({} ms)",
+                    broker.publish_timeout_ms + self.response_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+}
+
+impl RabbitMqSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.url
+            .require_scheme(&["amqp", "amqps"])
+            .map_err(|message| ConfigError::new("rabbitmq.url", message))?;
+        for (key, value) in [
+            ("rabbitmq.exchange", &self.exchange),
+            ("rabbitmq.queue_completed", &self.queue_completed),
+            ("rabbitmq.queue_failed", &self.queue_failed),
+            ("rabbitmq.app_id", &self.app_id),
+        ] {
+            // AMQP 0-9-1 short strings carry at most 255 bytes.
+            if value.is_empty() || value.len() > 255 {
+                return Err(ConfigError::new(key, "must be 1 to 255 bytes long"));
+            }
+        }
+        if self.exchange.starts_with("amq.") && self.declare_exchange {
+            return Err(ConfigError::new(
+                "rabbitmq.exchange",
+                "names starting with `amq.` are reserved by the broker; set declare_exchange = false to use one",
+            ));
+        }
+        if self.queue_completed == self.queue_failed {
+            return Err(ConfigError::new(
+                "rabbitmq.queue_failed",
+                "must differ from rabbitmq.queue_completed",
+            ));
+        }
+        if self.connect_timeout_ms == 0 || self.reconnect_min_delay_ms == 0 {
+            return Err(ConfigError::new(
+                "rabbitmq.connect_timeout_ms",
+                "connect_timeout_ms and reconnect_min_delay_ms must be greater than 0",
+            ));
+        }
+        if self.reconnect_max_delay_ms < self.reconnect_min_delay_ms {
+            return Err(ConfigError::new(
+                "rabbitmq.reconnect_max_delay_ms",
+                "must not be less than rabbitmq.reconnect_min_delay_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let environment = pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Settings::load_from(None, Some(environment))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = load_env(&[]).expect("defaults load");
+        assert_eq!(settings.server.webhook_path, "/webhook");
+        assert_eq!(settings.server.max_body_bytes, 256 * 1024);
+        assert_eq!(settings.redis.dedup_ttl_secs, 86_400);
+        assert_eq!(settings.rabbitmq.exchange, "tasks");
+        assert_eq!(settings.broker.kind, BrokerKind::Rabbitmq);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let settings = load_env(&[
+            ("WEBHOOK_BRIDGE__SERVER__LISTEN", "0.0.0.0:9000"),
+            ("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX", "bridge:"),
+            ("WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE", "media"),
+            ("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "1024"),
+            ("WEBHOOK_BRIDGE__REDIS__ON_UNAVAILABLE", "publish"),
+        ])
+        .expect("overrides load");
+        assert_eq!(settings.server.listen, "0.0.0.0:9000");
+        assert_eq!(settings.redis.key_prefix, "bridge:");
+        assert_eq!(settings.rabbitmq.exchange, "media");
+        assert_eq!(settings.server.max_body_bytes, 1024);
+        assert_eq!(settings.redis.on_unavailable, OnRedisUnavailable::Publish);
+    }
+
+    #[test]
+    fn numeric_looking_strings_stay_strings() {
+        let settings = load_env(&[("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX", "42")]).unwrap();
+        assert_eq!(settings.redis.key_prefix, "42");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__REDIS__URLL", "redis://x")]).unwrap_err();
+        assert_eq!(error.key, "redis.urll");
+        assert!(error.message.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "lots")]).unwrap_err();
+        assert_eq!(error.key, "server.max_body_bytes");
+
+        let error = load_env(&[("WEBHOOK_BRIDGE__BROKER__KIND", "mqtt")]).unwrap_err();
+        assert_eq!(error.key, "broker.kind");
+
+        let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__LISTEN", "localhost")]).unwrap_err();
+        assert_eq!(error.key, "server.listen");
+
+        let error = load_env(&[("WEBHOOK_BRIDGE__RABBITMQ__URL", "http://x")]).unwrap_err();
+        assert_eq!(error.key, "rabbitmq.url");
+    }
+
+    #[test]
+    fn pending_ttl_must_outlast_publish() {
+        let error = load_env(&[
+            ("WEBHOOK_BRIDGE__BROKER__PUBLISH_TIMEOUT_MS", "10000"),
+            ("WEBHOOK_BRIDGE__REDIS__PENDING_TTL_MS", "5000"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.key, "redis.pending_ttl_ms");
+    }
+
+    #[test]
+    fn webhook_path_cannot_shadow_health() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH", "/readyz")]).unwrap_err();
+        assert_eq!(error.key, "server.webhook_path");
+    }
+
+    #[test]
+    fn redacted_json_hides_passwords() {
+        let settings = load_env(&[
+            (
+                "WEBHOOK_BRIDGE__RABBITMQ__URL",
+                "amqp://app:s3cr3t@mq:5672/%2f",
+            ),
+            (
+                "WEBHOOK_BRIDGE__REDIS__URL",
+                "redis://:t0ps3cr3t@cache:6379/0",
+            ),
+        ])
+        .unwrap();
+        let line = settings.to_redacted_json();
+        assert!(!line.contains("s3cr3t"), "{line}");
+        assert!(!line.contains("t0ps3cr3t"), "{line}");
+        assert!(line.contains("mq:5672"), "{line}");
+        assert!(!format!("{settings:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn file_layer_sits_under_environment() {
+        let dir =
+            std::env::temp_dir().join(format!("webhook-bridge-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bridge.toml");
+        std::fs::write(
+            &path,
+            "[rabbitmq]\nexchange = \"from-file\"\n[redis]\nkey_prefix = \"file:\"\n",
+        )
+        .unwrap();
+        let environment = HashMap::from([(
+            "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX".to_owned(),
+            "env:".to_owned(),
+        )]);
+        let settings = Settings::load_from(Some(&path), Some(environment)).unwrap();
+        assert_eq!(settings.rabbitmq.exchange, "from-file");
+        assert_eq!(settings.redis.key_prefix, "env:");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let error =
+            Settings::load_from(Some(Path::new("/nonexistent/bridge.toml")), None).unwrap_err();
+        assert!(error.message.contains("not found"), "{error}");
+    }
+}

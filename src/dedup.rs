@@ -1,0 +1,190 @@
+//! Redis-backed deduplication shared by every replica. An event is claimed with one atomic
+//! `SET key pending:<token> NX PX <pending_ttl>`, marked `done` with the long TTL once the
+//! broker confirmed it, or released (only while the claim is still ours) when publishing
+//! failed. Every key is written with a TTL.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::config::RedisSettings;
+use crate::event::Event;
+
+const DONE: &str = "done";
+const PENDING_PREFIX: &str = "pending:";
+
+/// Interval between checks while a re-delivery waits for another request's claim.
+const PENDING_POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Marks a claim done, unless another request has claimed the key since ours expired.
+const MARK_DONE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] or current == false then
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes a claim only while it still holds our token.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Redis could not answer in time, or answered with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error("Redis command timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Proof that this request owns the right to publish an event.
+#[derive(Debug)]
+pub struct Claim {
+    key: String,
+    token: String,
+}
+
+/// The result of trying to claim an event.
+#[derive(Debug)]
+pub enum ClaimOutcome {
+    /// This request publishes the event.
+    Claimed(Claim),
+    /// The event was already published within the dedup window.
+    AlreadyDone,
+    /// Another request still held the claim when the wait ran out.
+    StillPending,
+}
+
+/// Dedup store on one shared, self-reconnecting Redis connection.
+#[derive(Clone)]
+pub struct DedupStore {
+    connection: ConnectionManager,
+    key_prefix: String,
+    pending_ttl: Duration,
+    pending_wait: Duration,
+    dedup_ttl: Duration,
+    response_timeout: Duration,
+    mark_done: Script,
+    release: Script,
+}
+
+impl DedupStore {
+    /// Creates the store. The connection opens on first use, so the bridge starts (and
+    /// reports not ready) while Redis is down, and reconnects after Redis restarts.
+    pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
+        let client = Client::open(settings.url.expose())?;
+        let connection_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+            .set_response_timeout(Some(settings.response_timeout()))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, connection_config)?;
+        Ok(Self {
+            connection,
+            key_prefix: settings.key_prefix.clone(),
+            pending_ttl: Duration::from_millis(settings.pending_ttl_ms),
+            pending_wait: Duration::from_millis(settings.pending_wait_ms),
+            dedup_ttl: Duration::from_secs(settings.dedup_ttl_secs),
+            response_timeout: settings.response_timeout(),
+            mark_done: Script::new(MARK_DONE),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    /// Returns the dedup key of an event: `<prefix><task_id>:<status>`.
+    pub fn key(&self, event: &Event) -> String {
+        format!("{}{}", self.key_prefix, event.id)
+    }
+
+    /// Claims `event`, waiting (bounded by `pending_wait_ms`) while another request holds it.
+    pub async fn claim(&self, event: &Event) -> Result<ClaimOutcome, DedupError> {
+        let key = self.key(event);
+        let token = format!("{PENDING_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let deadline = Instant::now() + self.pending_wait;
+        loop {
+            if self.try_set_pending(&key, &token).await? {
+                return Ok(ClaimOutcome::Claimed(Claim { key, token }));
+            }
+            match self.get(&key).await?.as_deref() {
+                Some(DONE) => return Ok(ClaimOutcome::AlreadyDone),
+                // The other claim was released or expired in between: try again at once.
+                None => continue,
+                Some(_) if Instant::now() >= deadline => return Ok(ClaimOutcome::StillPending),
+                Some(_) => sleep(PENDING_POLL_INTERVAL).await,
+            }
+        }
+    }
+
+    /// Records a confirmed event for the dedup window.
+    pub async fn mark_done(&self, claim: &Claim) -> Result<(), DedupError> {
+        let mut invocation = self.mark_done.key(&claim.key);
+        invocation
+            .arg(&claim.token)
+            .arg(self.dedup_ttl.as_millis() as u64);
+        let mut connection = self.connection.clone();
+        self.bounded(invocation.invoke_async::<i64>(&mut connection))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the claim so that the provider's retry can publish the event.
+    pub async fn release(&self, claim: &Claim) -> Result<(), DedupError> {
+        let mut invocation = self.release.key(&claim.key);
+        invocation.arg(&claim.token);
+        let mut connection = self.connection.clone();
+        self.bounded(invocation.invoke_async::<i64>(&mut connection))
+            .await?;
+        Ok(())
+    }
+
+    /// Checks that Redis answers a PING within the response timeout.
+    pub async fn ping(&self) -> Result<(), DedupError> {
+        let mut connection = self.connection.clone();
+        self.bounded(redis::cmd("PING").query_async::<String>(&mut connection))
+            .await?;
+        Ok(())
+    }
+
+    async fn try_set_pending(&self, key: &str, token: &str) -> Result<bool, DedupError> {
+        let mut connection = self.connection.clone();
+        let reply: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.pending_ttl.as_millis() as u64)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, DedupError> {
+        let mut connection = self.connection.clone();
+        self.bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
+            .await
+    }
+
+    /// Applies the response timeout on top of the client's own, so that a reconnect in
+    /// progress cannot stretch one command.
+    async fn bounded<T>(
+        &self,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, DedupError> {
+        match timeout(self.response_timeout, command).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(DedupError::Timeout(self.response_timeout)),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Exactly-once forwarding within the dedup window: claim the event in Redis, publish it,
+//! then mark it done, or release the claim so that the provider's retry goes through.
+
+use std::sync::Arc;
+
+use log::{error, warn};
+
+use crate::config::OnRedisUnavailable;
+use crate::dedup::{ClaimOutcome, DedupError, DedupStore};
+use crate::event::Event;
+use crate::publisher::{PublishError, Publisher};
+
+/// What happened to a valid callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The broker confirmed the event.
+    Published,
+    /// The event had already been published within the dedup window.
+    Duplicate,
+}
+
+/// Why a valid callback could not be forwarded now; the provider should retry.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("dedup store unavailable: {0}")]
+    Dedup(#[from] DedupError),
+    #[error("another request for this event was still publishing when the wait ran out")]
+    StillPending,
+    #[error("publish failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("delivery task was cancelled or panicked")]
+    Interrupted,
+}
+
+/// Claims, publishes and records events.
+pub struct Delivery {
+    dedup: DedupStore,
+    publisher: Arc<dyn Publisher>,
+    on_redis_unavailable: OnRedisUnavailable,
+}
+
+impl Delivery {
+    pub fn new(
+        dedup: DedupStore,
+        publisher: Arc<dyn Publisher>,
+        on_redis_unavailable: OnRedisUnavailable,
+    ) -> Self {
+        Self {
+            dedup,
+            publisher,
+            on_redis_unavailable,
+        }
+    }
+
+    /// Publishes `event` unless it was already published; returns only after the broker
+    /// confirmed it. On failure the claim is released, so nothing is left that would turn
+    /// the provider's retry into a false duplicate.
+    pub async fn deliver(&self, event: &Event) -> Result<Outcome, DeliveryError> {
+        let claim = match self.dedup.claim(event).await {
+            Ok(ClaimOutcome::Claimed(claim)) => Some(claim),
+            Ok(ClaimOutcome::AlreadyDone) => return Ok(Outcome::Duplicate),
+            Ok(ClaimOutcome::StillPending) => return Err(DeliveryError::StillPending),
+            Err(cause) if self.on_redis_unavailable == OnRedisUnavailable::Publish => {
+                warn!(
+                    "Redis is unavailable; publishing without deduplication. task_id={} event_type={} cause={cause}",
+                    event.task_id,
+                    event.event_type.as_str()
+                );
+                None
+            }
+            Err(cause) => return Err(cause.into()),
+        };
+
+        if let Err(cause) = self.publisher.publish(event).await {
+            if let Some(claim) = &claim
+                && let Err(release_error) = self.dedup.release(claim).await
+            {
+                error!(
+                    "Releasing the dedup claim failed; re-deliveries get 503 until the claim expires. task_id={} event_type={} cause={release_error}",
+                    event.task_id,
+                    event.event_type.as_str()
+                );
+            }
+            return Err(cause.into());
+        }
+
+        if let Some(claim) = &claim
+            && let Err(cause) = self.dedup.mark_done(claim).await
+        {
+            warn!(
+                "Event published, but recording it in Redis failed; a re-delivery after the claim expires will publish it again. task_id={} event_type={} cause={cause}",
+                event.task_id,
+                event.event_type.as_str()
+            );
+        }
+        Ok(Outcome::Published)
+    }
+}

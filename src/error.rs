@@ -1,0 +1,106 @@
+//! Mapping of request failures to HTTP answers, in one place. Bodies are JSON with a stable
+//! `error` code; internal error text never reaches a response.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::callback::CallbackError;
+use crate::delivery::DeliveryError;
+
+/// A request that was not forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("failed to read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Callback(#[from] CallbackError),
+    #[error("callback could not be forwarded now: {cause}")]
+    Unavailable {
+        cause: DeliveryError,
+        retry_after_secs: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    message: String,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BodyRead(_) => "body_read_failed",
+            Self::Callback(CallbackError::Malformed(_)) => "invalid_json",
+            Self::Callback(CallbackError::Invalid { .. }) => "invalid_payload",
+            Self::Unavailable { cause, .. } => match cause {
+                DeliveryError::Dedup(_) => "dedup_unavailable",
+                DeliveryError::StillPending => "delivery_in_progress",
+                DeliveryError::Publish(_) => "broker_unavailable",
+                DeliveryError::Interrupted => "delivery_interrupted",
+            },
+        }
+    }
+
+    fn body(&self) -> ErrorBody<'_> {
+        let (status, field, message) = match self {
+            Self::Callback(CallbackError::Invalid { field, reason }) => {
+                ("rejected", Some(field.as_str()), reason.clone())
+            }
+            Self::Unavailable { cause, .. } => {
+                let message = match cause {
+                    DeliveryError::Dedup(_) => "deduplication store is unavailable; retry later",
+                    DeliveryError::StillPending => {
+                        "another delivery of this event is still being published; retry later"
+                    }
+                    DeliveryError::Publish(_) | DeliveryError::Interrupted => {
+                        "the event broker did not confirm the event; retry later"
+                    }
+                };
+                ("unavailable", None, message.to_owned())
+            }
+            other => ("rejected", None, other.to_string()),
+        };
+        ErrorBody {
+            status,
+            error: self.code(),
+            field,
+            message,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::Callback(CallbackError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Self::Callback(CallbackError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+        }
+        response.json(self.body())
+    }
+}

@@ -1,0 +1,21 @@
+//! webhook-bridge receives task callbacks from AI media-generation APIs and publishes them
+//! as CloudEvents to a message broker, answering 2xx only once the broker confirmed them.
+//!
+//! A request flows through [`routes`] (media type, size), [`callback`] (validation),
+//! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
+//! [`publisher`] (RabbitMQ). [`config`] and [`startup`] build it; [`error`] maps failures
+//! to HTTP answers.
+
+pub mod callback;
+pub mod config;
+pub mod dedup;
+pub mod delivery;
+pub mod error;
+pub mod event;
+pub mod publisher;
+pub mod routes;
+pub mod secret;
+pub mod startup;
+
+pub use config::Settings;
+pub use startup::Application;

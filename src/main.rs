@@ -1,0 +1,66 @@
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info};
+use webhook_bridge::{Application, Settings};
+
+/// Receives task callbacks and publishes them as CloudEvents to RabbitMQ.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file; environment variables `WEBHOOK_BRIDGE__*` override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(cause) => {
+            error!("{cause}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(
+        "Starting webhook-bridge {}. config={}",
+        env!("CARGO_PKG_VERSION"),
+        settings.to_redacted_json()
+    );
+
+    let address = &settings.server.listen;
+    let listener = match TcpListener::bind(address) {
+        Ok(listener) => listener,
+        Err(cause) => {
+            error!("Failed to listen. address={address} cause={cause}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match Application::build(settings.clone(), listener).await {
+        Ok(app) => app,
+        Err(cause) => {
+            error!("{cause}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(
+        "Listening. address={address} webhook_path={}",
+        settings.server.webhook_path
+    );
+
+    match app.run_until_stopped().await {
+        Ok(()) => {
+            info!("Stopped.");
+            ExitCode::SUCCESS
+        }
+        Err(cause) => {
+            error!("Server failed. cause={cause}");
+            ExitCode::FAILURE
+        }
+    }
+}

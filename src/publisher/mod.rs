@@ -1,0 +1,62 @@
+//! The broker seam: one [`Publisher`] trait, one implementation per broker. A publish
+//! returns only after the broker confirmed the event, or fails.
+
+mod rabbitmq;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use rabbitmq::RabbitMqPublisher;
+
+use crate::event::Event;
+
+/// Why an event was not confirmed by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker connection is down")]
+    NotConnected,
+    #[error("broker did not confirm the event within {0:?}")]
+    Timeout(Duration),
+    #[error("broker rejected the event (negative acknowledgement)")]
+    Nacked,
+    #[error("broker returned the event as unroutable: {reply_code} {reply_text}")]
+    Unroutable { reply_code: u16, reply_text: String },
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+impl PublishError {
+    /// Short, stable name of the failure for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "not_connected",
+            Self::Timeout(_) => "timeout",
+            Self::Nacked => "nacked",
+            Self::Unroutable { .. } => "unroutable",
+            Self::Broker(_) => "broker_error",
+        }
+    }
+
+    /// Whether the same publish may succeed later without a change of configuration or
+    /// topology. An unroutable event needs a queue or binding first.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, Self::Unroutable { .. })
+    }
+}
+
+/// A broker client that publishes events with confirmation.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `event` and waits for the broker's confirmation.
+    async fn publish(&self, event: &Event) -> Result<(), PublishError>;
+
+    /// Whether the broker connection is up right now.
+    fn is_connected(&self) -> bool;
+
+    /// Closes the broker connection cleanly, within the given time.
+    async fn shutdown(&self, limit: Duration);
+
+    /// Human-readable broker name for logs.
+    fn broker_name(&self) -> &'static str;
+}

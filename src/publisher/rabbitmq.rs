@@ -1,0 +1,378 @@
+//! RabbitMQ publisher: one connection and one confirm-mode channel shared by all requests,
+//! kept alive by a background task that reconnects with exponential backoff. While the
+//! link is down, publishes fail at once so that requests get a fast 503.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use log::{error, info, warn};
+use tokio::sync::{Notify, watch};
+use tokio::time::{sleep, timeout};
+
+use super::{PublishError, Publisher};
+use crate::config::RabbitMqSettings;
+use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event, EventType};
+
+/// AMQP delivery mode that makes the broker write the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// AMQP reply code of a normal close.
+const REPLY_SUCCESS: u16 = 200;
+
+/// How often the supervisor checks the channel between connection events.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    channel: Channel,
+}
+
+impl Link {
+    fn is_open(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+}
+
+struct Shared {
+    settings: RabbitMqSettings,
+    link: RwLock<Option<Link>>,
+    /// Wakes the supervisor when a publish saw the channel fail.
+    link_failed: Notify,
+    stopping: AtomicBool,
+    stop: Notify,
+    connected: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn current_link(&self) -> Option<Link> {
+        self.link
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_link(&self, link: Option<Link>) {
+        let connected = link.is_some();
+        *self
+            .link
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
+        self.connected.send_replace(connected);
+    }
+}
+
+/// Publishes events to a RabbitMQ topic exchange with publisher confirms.
+pub struct RabbitMqPublisher {
+    shared: Arc<Shared>,
+    publish_timeout: Duration,
+}
+
+impl RabbitMqPublisher {
+    /// Starts the connection supervisor and waits up to `rabbitmq.connect_timeout_ms` for
+    /// the first connection. The bridge starts even when RabbitMQ is down; requests get 503
+    /// until the background reconnect succeeds.
+    pub async fn start(settings: RabbitMqSettings, publish_timeout: Duration) -> Self {
+        let (connected, mut connected_changes) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            settings,
+            link: RwLock::new(None),
+            link_failed: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            connected,
+        });
+        tokio::spawn(supervise(shared.clone()));
+
+        let first_connect = Duration::from_millis(shared.settings.connect_timeout_ms);
+        if timeout(first_connect, connected_changes.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            warn!(
+                "RabbitMQ is not reachable yet; answering 503 until the connection is up. url={}",
+                shared.settings.url
+            );
+        }
+        Self {
+            shared,
+            publish_timeout,
+        }
+    }
+
+    fn properties(&self, event: &Event) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type(CLOUDEVENTS_CONTENT_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(event.id.clone().into())
+            .with_type(event.event_type.as_str().into())
+            .with_timestamp(event.unix_time())
+            .with_app_id(self.shared.settings.app_id.clone().into())
+    }
+}
+
+#[async_trait]
+impl Publisher for RabbitMqPublisher {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let link = self
+            .shared
+            .current_link()
+            .ok_or(PublishError::NotConnected)?;
+        let exchange = self.shared.settings.exchange.as_str();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirmation = timeout(self.publish_timeout, async {
+            link.channel
+                .basic_publish(
+                    exchange.into(),
+                    event.event_type.as_str().into(),
+                    options,
+                    &event.payload,
+                    self.properties(event),
+                )
+                .await?
+                .await
+        })
+        .await;
+
+        match confirmation {
+            Err(_) => Err(PublishError::Timeout(self.publish_timeout)),
+            Ok(Err(cause)) => {
+                if !link.is_open() {
+                    self.shared.link_failed.notify_one();
+                }
+                Err(PublishError::Broker(cause.to_string()))
+            }
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable {
+                reply_code: returned.reply_code,
+                reply_text: returned.reply_text.to_string(),
+            }),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Broker(
+                "publisher confirms are not enabled on the channel".to_owned(),
+            )),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared
+            .current_link()
+            .is_some_and(|link| link.is_open())
+    }
+
+    async fn shutdown(&self, limit: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.stop.notify_one();
+        let Some(link) = self.shared.current_link() else {
+            return;
+        };
+        self.shared.set_link(None);
+        let close = async {
+            if let Err(cause) = link.channel.close(REPLY_SUCCESS, "OK".into()).await {
+                warn!("Closing the RabbitMQ channel failed. cause={cause}");
+            }
+            if let Err(cause) = link.connection.close(REPLY_SUCCESS, "OK".into()).await {
+                warn!("Closing the RabbitMQ connection failed. cause={cause}");
+            }
+        };
+        match timeout(limit, close).await {
+            Ok(()) => info!("RabbitMQ connection closed."),
+            Err(_) => warn!("RabbitMQ connection did not close within {limit:?}."),
+        }
+    }
+
+    fn broker_name(&self) -> &'static str {
+        "rabbitmq"
+    }
+}
+
+/// Keeps one link open until shutdown, reconnecting with exponential backoff.
+async fn supervise(shared: Arc<Shared>) {
+    let settings = &shared.settings;
+    let min_delay = Duration::from_millis(settings.reconnect_min_delay_ms);
+    let max_delay = Duration::from_millis(settings.reconnect_max_delay_ms);
+    let mut delay = min_delay;
+    let mut attempt: u32 = 0;
+
+    while !shared.stopping.load(Ordering::SeqCst) {
+        attempt += 1;
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        match timeout(connect_timeout, open_link(settings)).await {
+            Ok(Ok(link)) => {
+                info!(
+                    "Connected to RabbitMQ. url={} exchange={}",
+                    settings.url, settings.exchange
+                );
+                shared.set_link(Some(link.clone()));
+                delay = min_delay;
+                attempt = 0;
+                wait_for_loss(&shared, &link).await;
+                shared.set_link(None);
+                if shared.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                error!(
+                    "RabbitMQ connection or channel lost; reconnecting. url={}",
+                    settings.url
+                );
+                // Drop a half-open connection so that its socket does not linger.
+                if link.connection.status().connected() {
+                    let _ = timeout(
+                        connect_timeout,
+                        link.connection.close(REPLY_SUCCESS, "reconnecting".into()),
+                    )
+                    .await;
+                }
+                continue;
+            }
+            Ok(Err(cause)) => warn!(
+                "Connecting to RabbitMQ failed; retrying in {delay:?}. url={} attempt={attempt} cause={cause}",
+                settings.url
+            ),
+            Err(_) => warn!(
+                "Connecting to RabbitMQ timed out after {connect_timeout:?}; retrying in {delay:?}. url={} attempt={attempt}",
+                settings.url
+            ),
+        }
+        tokio::select! {
+            () = sleep(delay) => {}
+            () = shared.stop.notified() => break,
+        }
+        delay = (delay * 2).min(max_delay);
+    }
+}
+
+/// Returns when the link breaks or shutdown begins.
+async fn wait_for_loss(shared: &Shared, link: &Link) {
+    let mut events = link.connection.events_listener();
+    let mut health_check = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(cause)) => {
+                    warn!("RabbitMQ connection reported an error. cause={cause}");
+                    return;
+                }
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    warn!("RabbitMQ blocked the connection; publishes will time out until it is unblocked. reason={reason}");
+                }
+                Some(lapin::Event::ConnectionUnblocked) => info!("RabbitMQ unblocked the connection."),
+                Some(_) => {}
+                None => return,
+            },
+            _ = health_check.tick() => {
+                if !link.is_open() {
+                    return;
+                }
+            }
+            () = shared.link_failed.notified() => {
+                if !link.is_open() {
+                    return;
+                }
+            }
+            () = shared.stop.notified() => return,
+        }
+    }
+}
+
+/// Connects, opens a confirm-mode channel and declares the configured topology.
+async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
+    let connection = Connection::connect(settings.url.expose(), properties).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+
+    let exchange = settings.exchange.as_str();
+    if settings.declare_exchange {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    } else {
+        check_exchange_exists(&connection, exchange).await;
+    }
+
+    if settings.declare_queues {
+        let bindings = [
+            (&settings.queue_completed, EventType::TaskCompleted),
+            (&settings.queue_failed, EventType::TaskFailed),
+        ];
+        for (queue, event_type) in bindings {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.into(),
+                    event_type.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(Link {
+        connection: Arc::new(connection),
+        channel,
+    })
+}
+
+/// Logs an error when the exchange is missing. A passive declare of a missing exchange
+/// closes its channel, so the check runs on a channel of its own.
+async fn check_exchange_exists(connection: &Connection, exchange: &str) {
+    let Ok(probe) = connection.create_channel().await else {
+        return;
+    };
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    match probe
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => {
+            let _ = probe.close(REPLY_SUCCESS, "OK".into()).await;
+        }
+        Err(cause) => error!(
+            "RabbitMQ exchange does not exist and rabbitmq.declare_exchange is false; publishes will fail until it is created. exchange={exchange} cause={cause}"
+        ),
+    }
+}

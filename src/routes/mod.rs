@@ -1,0 +1,64 @@
+//! HTTP routes: the callback endpoint, health checks, and JSON answers for unknown paths
+//! and methods.
+
+mod health;
+mod webhook;
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::dedup::DedupStore;
+use crate::delivery::Delivery;
+use crate::publisher::Publisher;
+
+/// State shared by every request handler.
+pub struct AppState {
+    pub delivery: Arc<Delivery>,
+    pub dedup: DedupStore,
+    pub publisher: Arc<dyn Publisher>,
+    pub max_body_bytes: usize,
+    pub source: String,
+    pub retry_after_secs: u64,
+}
+
+/// Registers every route; `webhook_path` is the callback endpoint.
+pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str) {
+    config
+        .service(
+            web::resource(webhook_path)
+                .route(web::post().to(webhook::receive_callback))
+                .default_service(web::to(|| method_not_allowed("POST"))),
+        )
+        .service(
+            web::resource("/healthz")
+                .route(web::get().to(health::healthz))
+                .default_service(web::to(|| method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/readyz")
+                .route(web::get().to(health::readyz))
+                .default_service(web::to(|| method_not_allowed("GET"))),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn method_not_allowed(allowed: &'static str) -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, allowed))
+        .json(json!({
+            "status": "rejected",
+            "error": "method_not_allowed",
+            "message": format!("this path accepts {allowed} only"),
+        }))
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({
+        "status": "rejected",
+        "error": "not_found",
+        "message": "no such path",
+    }))
+}

@@ -1,0 +1,146 @@
+//! The callback endpoint: media type and size checks, validation, then delivery.
+
+use std::time::SystemTime;
+
+use actix_web::http::header;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use log::{debug, error};
+use serde_json::json;
+
+use super::AppState;
+use crate::callback::{Callback, CallbackError};
+use crate::delivery::{DeliveryError, Outcome};
+use crate::error::ApiError;
+use crate::event::Event;
+
+/// Receives one provider callback and answers only after the event is in the broker.
+pub async fn receive_callback(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let received_at = SystemTime::now();
+    require_json(&request)?;
+    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let callback = Callback::parse(&body).inspect_err(log_rejection)?;
+    let event = Event::new(&callback, &body, &state.source, received_at);
+
+    // The delivery runs as its own task so that a client that disconnects mid-publish
+    // cannot cancel it between the broker's confirmation and the dedup record.
+    let delivery = state.delivery.clone();
+    let task = actix_web::rt::spawn(async move {
+        let outcome = delivery.deliver(&event).await;
+        (event, outcome)
+    });
+    let (event, outcome) = match task.await {
+        Ok(finished) => finished,
+        Err(cause) => {
+            error!(
+                "Delivery task ended abnormally. task_id={} cause={cause}",
+                callback.task_id
+            );
+            return Err(ApiError::Unavailable {
+                cause: DeliveryError::Interrupted,
+                retry_after_secs: state.retry_after_secs,
+            });
+        }
+    };
+
+    match outcome {
+        Ok(outcome) => {
+            let status = match outcome {
+                Outcome::Published => "accepted",
+                Outcome::Duplicate => "duplicate",
+            };
+            debug!(
+                "Callback {status}. task_id={} event_type={}",
+                event.task_id,
+                event.event_type.as_str()
+            );
+            Ok(HttpResponse::Ok().json(json!({
+                "status": status,
+                "event_id": event.id,
+                "task_id": event.task_id.as_str(),
+                "event_type": event.event_type.as_str(),
+            })))
+        }
+        Err(cause) => {
+            error!(
+                "Answering 503: callback not forwarded. task_id={} event_type={} cause={cause}",
+                event.task_id,
+                event.event_type.as_str()
+            );
+            Err(ApiError::Unavailable {
+                cause,
+                retry_after_secs: state.retry_after_secs,
+            })
+        }
+    }
+}
+
+/// Accepts `application/json` and `application/*+json`, with no charset or UTF-8.
+fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type header is missing; send application/json".to_owned(),
+        ));
+    };
+    let media_type: mime::Mime = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            ApiError::UnsupportedMediaType(
+                "Content-Type header is not a valid media type; send application/json".to_owned(),
+            )
+        })?;
+    let is_json = media_type.type_() == mime::APPLICATION
+        && (media_type.subtype() == mime::JSON || media_type.suffix() == Some(mime::JSON));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {} is not supported; send application/json",
+            media_type.essence_str()
+        )));
+    }
+    if let Some(charset) = media_type.get_param(mime::CHARSET)
+        && charset != mime::UTF_8
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "charset {charset} is not supported; JSON must be UTF-8"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the body, stopping with 413 as soon as the bytes received pass `limit`, whether
+/// or not the request declared a length.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+
+    let mut body = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|cause| ApiError::BodyRead(cause.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn log_rejection(cause: &CallbackError) {
+    debug!("Rejected callback. cause={cause}");
+}

@@ -1,0 +1,129 @@
+//! Connection URLs that may carry a password. They print, serialise and log with the
+//! password replaced, so the configuration can be logged as a whole.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+const REDACTED: &str = "***";
+
+/// A URL whose password never appears in `Debug`, `Display` or serialised output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL without parsing it; `Settings::validate` checks it later.
+    pub fn new_unchecked(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+
+    /// Returns the URL with its password, for handing to a client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns the URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    /// Checks that the URL parses and uses one of `schemes`.
+    pub fn require_scheme(&self, schemes: &[&str]) -> Result<(), String> {
+        let url = Url::parse(&self.0)
+            .map_err(|error| format!("`{}` is not a valid URL: {error}", self.redacted()))?;
+        if !schemes.contains(&url.scheme()) {
+            return Err(format!(
+                "`{}` has scheme `{}`, expected one of: {}",
+                self.redacted(),
+                url.scheme(),
+                schemes.join(", ")
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{}` has no host", self.redacted()));
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the password of `url`, if any, by `***`. A string that does not parse as a URL
+/// with a host is replaced entirely, because its secret parts cannot be told apart.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.has_host() => {
+            if parsed.password().is_some() {
+                // Only fails for URLs that cannot have credentials, which have no password.
+                let _ = parsed.set_password(Some(REDACTED));
+            }
+            parsed.to_string()
+        }
+        _ => "<unparseable URL>".to_owned(),
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_redacted() {
+        let url = SecretUrl::new_unchecked("amqp://user:hunter2@broker:5672/%2f");
+        assert_eq!(url.redacted(), "amqp://user:***@broker:5672/%2f");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(!url.to_string().contains("hunter2"));
+        assert!(!serde_json::to_string(&url).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn password_only_url_is_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+    }
+
+    #[test]
+    fn url_without_password_is_unchanged() {
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+    }
+
+    #[test]
+    fn unparseable_url_is_hidden() {
+        assert_eq!(redact_url("user:hunter2 at broker"), "<unparseable URL>");
+        assert_eq!(redact_url("amqp:guest:hunter2@broker"), "<unparseable URL>");
+        assert_eq!(redact_url("not a url hunter2"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn scheme_is_checked() {
+        let url = SecretUrl::new_unchecked("http://user:hunter2@host");
+        let error = url.require_scheme(&["amqp"]).unwrap_err();
+        assert!(error.contains("expected one of: amqp"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}

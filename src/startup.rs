@@ -1,0 +1,123 @@
+//! Wiring: builds the dedup store, the publisher and the HTTP server from the settings, on
+//! a listener that the caller bound (tests bind port 0).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{Condition, Logger};
+use actix_web::{App, HttpServer, web};
+use log::{info, warn};
+
+use crate::config::{BrokerKind, Settings};
+use crate::dedup::DedupStore;
+use crate::delivery::Delivery;
+use crate::publisher::{Publisher, RabbitMqPublisher};
+use crate::routes::{self, AppState};
+
+/// Access log line: peer, method, path without query string, status, size, duration.
+/// The query string is left out because it may carry credentials.
+const ACCESS_LOG_FORMAT: &str = r#"%a "%{method}xi %U" %s %b %Dms"#;
+
+/// Time allowed for closing the broker connection after the HTTP server stopped.
+const BROKER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Startup failed before the server could serve.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid Redis configuration: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("failed to start the HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built bridge, serving once awaited with [`Application::run_until_stopped`].
+pub struct Application {
+    port: u16,
+    server: Server,
+    publisher: Arc<dyn Publisher>,
+}
+
+impl Application {
+    /// Connects to Redis and the broker (without failing when they are down) and prepares
+    /// the HTTP server on `listener`.
+    pub async fn build(settings: Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        let dedup = DedupStore::new(&settings.redis)?;
+        match dedup.ping().await {
+            Ok(()) => info!("Connected to Redis. url={}", settings.redis.url),
+            Err(cause) => warn!(
+                "Redis is not reachable yet; answering 503 until it is. url={} cause={cause}",
+                settings.redis.url
+            ),
+        }
+        let publisher: Arc<dyn Publisher> = match settings.broker.kind {
+            BrokerKind::Rabbitmq => Arc::new(
+                RabbitMqPublisher::start(
+                    settings.rabbitmq.clone(),
+                    settings.broker.publish_timeout(),
+                )
+                .await,
+            ),
+        };
+
+        let delivery = Arc::new(Delivery::new(
+            dedup.clone(),
+            publisher.clone(),
+            settings.redis.on_unavailable,
+        ));
+        let state = web::Data::new(AppState {
+            delivery,
+            dedup,
+            publisher: publisher.clone(),
+            max_body_bytes: settings.server.max_body_bytes,
+            source: settings.event.source.clone(),
+            retry_after_secs: settings.server.retry_after_secs,
+        });
+
+        let port = listener.local_addr()?.port();
+        let server_settings = settings.server.clone();
+        let webhook_path = server_settings.webhook_path.clone();
+        let mut server = HttpServer::new(move || {
+            let access_log = Logger::new(ACCESS_LOG_FORMAT)
+                .custom_request_replace("method", |request| request.method().to_string());
+            App::new()
+                .app_data(state.clone())
+                .wrap(Condition::new(server_settings.access_log, access_log))
+                .configure(|config| routes::configure(config, &webhook_path))
+        })
+        .client_request_timeout(Duration::from_millis(
+            settings.server.client_request_timeout_ms,
+        ))
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+
+        Ok(Self {
+            port,
+            server: server.run(),
+            publisher,
+        })
+    }
+
+    /// Port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Handle to stop the server, as SIGTERM does.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped by SIGTERM, SIGINT or the handle, lets in-flight requests finish
+    /// (bounded by `server.shutdown_timeout_secs`), then closes the broker connection.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await?;
+        info!("HTTP server stopped; closing the broker connection.");
+        self.publisher.shutdown(BROKER_CLOSE_TIMEOUT).await;
+        Ok(())
+    }
+}
