@@ -6,6 +6,10 @@ use clap::Parser;
 use log::{error, info};
 use webhook_bridge::{Application, Settings};
 
+/// Log filter when `RUST_LOG` is unset. lapin reports its I/O loop through `tracing`,
+/// whose span lines carry nothing an operator needs.
+const DEFAULT_LOG_FILTER: &str = "info,tracing::span=warn";
+
 /// Receives task callbacks and publishes them as CloudEvents to RabbitMQ.
 #[derive(Parser)]
 #[command(version, about)]
@@ -17,7 +21,8 @@ struct Cli {
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
+        .init();
     let cli = Cli::parse();
 
     let settings = match Settings::load(cli.config.as_deref()) {

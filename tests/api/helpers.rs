@@ -1,0 +1,293 @@
+//! Starts the bridge in-process on port 0 with its own exchange, queues and Redis key
+//! prefix, and gives tests the tools to inspect what it published and stored.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use redis::AsyncCommands;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use webhook_bridge::{Application, Settings};
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_ADDRESS: &str = "127.0.0.1:6379";
+pub const AMQP_ADDRESS: &str = "127.0.0.1:5672";
+
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    pub redis: redis::aio::MultiplexedConnection,
+    pub amqp: Channel,
+    amqp_connection: Connection,
+    handle: ServerHandle,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// A message taken from a queue.
+#[derive(Debug)]
+pub struct Received {
+    pub routing_key: String,
+    pub properties: lapin::BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("event body is JSON")
+    }
+}
+
+/// Settings that isolate one test: its own exchange, queues and key prefix, short
+/// timeouts, one worker.
+pub fn test_settings() -> Settings {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = &id[..12];
+    let mut settings = Settings::default();
+    settings.server.listen = "127.0.0.1:0".to_owned();
+    settings.server.workers = 1;
+    settings.server.access_log = false;
+    settings.server.shutdown_timeout_secs = 10;
+    settings.server.retry_after_secs = 7;
+    settings.broker.publish_timeout_ms = 1_500;
+    settings.redis.key_prefix = format!("test:{id}:");
+    settings.redis.response_timeout_ms = 500;
+    settings.redis.connect_timeout_ms = 500;
+    settings.redis.pending_ttl_ms = 10_000;
+    settings.redis.pending_wait_ms = 2_000;
+    settings.rabbitmq.exchange = format!("test.{id}");
+    settings.rabbitmq.queue_completed = format!("test.{id}.completed");
+    settings.rabbitmq.queue_failed = format!("test.{id}.failed");
+    settings.rabbitmq.connect_timeout_ms = 2_000;
+    settings.rabbitmq.reconnect_min_delay_ms = 50;
+    settings.rabbitmq.reconnect_max_delay_ms = 500;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the bridge with `customize` applied to the isolated test settings.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut settings = test_settings();
+    customize(&mut settings);
+    settings.validate().expect("test settings are valid");
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    let app = Application::build(settings.clone(), listener)
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("test connection to Redis");
+    let amqp_connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("test connection to RabbitMQ");
+    let amqp = amqp_connection.create_channel().await.unwrap();
+
+    TestApp {
+        address,
+        settings,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        redis,
+        amqp,
+        amqp_connection,
+        handle,
+        server,
+    }
+}
+
+impl TestApp {
+    pub fn webhook_url(&self) -> String {
+        format!("{}{}", self.address, self.settings.server.webhook_path)
+    }
+
+    /// Posts `body` as `application/json` to the webhook.
+    pub async fn post_callback(&self, body: &str) -> reqwest::Response {
+        self.post_raw(body.as_bytes().to_vec(), Some("application/json"))
+            .await
+    }
+
+    pub async fn post_raw(&self, body: Vec<u8>, content_type: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.post(self.webhook_url()).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request reaches the bridge")
+    }
+
+    pub fn completed_queue(&self) -> &str {
+        &self.settings.rabbitmq.queue_completed
+    }
+
+    pub fn failed_queue(&self) -> &str {
+        &self.settings.rabbitmq.queue_failed
+    }
+
+    /// Takes every message waiting in `queue`. A 2xx from the bridge means the broker
+    /// confirmed the event, so it is already in the queue when this runs.
+    pub async fn drain(&self, queue: &str) -> Vec<Received> {
+        let mut received = Vec::new();
+        loop {
+            let message = self
+                .amqp
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            let Some(message) = message else {
+                return received;
+            };
+            let delivery = message.delivery;
+            received.push(Received {
+                routing_key: delivery.routing_key.to_string(),
+                properties: delivery.properties,
+                body: delivery.data,
+            });
+        }
+    }
+
+    /// Counts the messages in both queues, taking them out.
+    pub async fn drain_all(&self) -> usize {
+        let completed = self.drain(self.completed_queue()).await.len();
+        let failed = self.drain(self.failed_queue()).await.len();
+        completed + failed
+    }
+
+    pub fn dedup_key(&self, task_id: &str, status: &str) -> String {
+        format!("{}{task_id}:{status}", self.settings.redis.key_prefix)
+    }
+
+    /// Every Redis key under this test's prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}*", self.settings.redis.key_prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut iterator = redis.scan_match::<_, String>(pattern).await.unwrap();
+        while let Some(key) = futures_util::StreamExt::next(&mut iterator).await {
+            keys.push(key.expect("SCAN reply"));
+        }
+        keys
+    }
+
+    pub async fn redis_get(&self, key: &str) -> Option<String> {
+        let mut redis = self.redis.clone();
+        redis.get(key).await.unwrap()
+    }
+
+    /// Milliseconds to live of `key`: -1 without a TTL, -2 when missing.
+    pub async fn pttl(&self, key: &str) -> i64 {
+        let mut redis = self.redis.clone();
+        redis.pttl(key).await.unwrap()
+    }
+
+    /// Declares a durable queue of the test's own, for routing checks.
+    pub async fn declare_queue(&self, queue: &str) {
+        self.amqp
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue.declare");
+    }
+
+    /// Polls `/readyz` until it answers `expected`, for at most `limit`.
+    pub async fn wait_ready(&self, expected: u16, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let status = self
+                .http
+                .get(format!("{}/readyz", self.address))
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+                .unwrap_or(0);
+            if status == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "/readyz answered {status}, not {expected}, for {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server gracefully and waits for it to finish.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    /// Whether the server task ended with Ok after a stop.
+    pub async fn join(self) -> std::io::Result<()> {
+        let server = self.server;
+        server.await.expect("server task")
+    }
+
+    /// Stops the bridge and removes the test's queues, exchange and keys.
+    pub async fn teardown(self) {
+        self.stop().await;
+        let settings = &self.settings.rabbitmq;
+        for queue in [&settings.queue_completed, &settings.queue_failed] {
+            let _ = self
+                .amqp
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self
+            .amqp
+            .exchange_delete(
+                settings.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let keys = self.keys().await;
+        if !keys.is_empty() {
+            let mut redis = self.redis.clone();
+            let _: () = redis.del(keys).await.unwrap();
+        }
+        let _ = self.amqp_connection.close(200, "OK".into()).await;
+    }
+}
+
+pub fn completed_body(task_id: &str) -> String {
+    format!(
+        r#"{{"task_id":"{task_id}","status":"completed","data":{{"video_url":"https://cdn.example.com/outputs/{task_id}.mp4"}}}}"#
+    )
+}
+
+pub fn failed_body(task_id: &str) -> String {
+    format!(
+        r#"{{"task_id":"{task_id}","status":"failed","error_message":"Content policy violation"}}"#
+    )
+}
+
+pub fn unique_task_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub async fn response_json(response: reqwest::Response) -> Value {
+    response.json().await.expect("JSON answer")
+}

@@ -1,0 +1,282 @@
+//! Every rejected request gets a precise 4xx, publishes nothing and leaves no Redis key.
+
+use futures_util::stream;
+
+use crate::helpers::*;
+
+struct Case {
+    name: &'static str,
+    body: Vec<u8>,
+    content_type: Option<&'static str>,
+    status: u16,
+    error: &'static str,
+    field: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    body: &str,
+    status: u16,
+    error: &'static str,
+    field: Option<&'static str>,
+) -> Case {
+    Case {
+        name,
+        body: body.as_bytes().to_vec(),
+        content_type: Some("application/json"),
+        status,
+        error,
+        field,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let long_id = "x".repeat(257);
+    let long_id_body =
+        format!(r#"{{"task_id":"{long_id}","status":"failed","error_message":"x"}}"#);
+    let mut cases = vec![
+        case("empty body", "", 400, "invalid_json", None),
+        case("not JSON", "task_id=1", 400, "invalid_json", None),
+        case(
+            "truncated",
+            r#"{"task_id":"t1","status":"#,
+            400,
+            "invalid_json",
+            None,
+        ),
+        case(
+            "trailing bytes",
+            r#"{"task_id":"t1","status":"failed","error_message":"x"} x"#,
+            400,
+            "invalid_json",
+            None,
+        ),
+        case(
+            "two documents",
+            r#"{"task_id":"t1","status":"failed","error_message":"x"}{}"#,
+            400,
+            "invalid_json",
+            None,
+        ),
+        case(
+            "array",
+            r#"[{"task_id":"t1"}]"#,
+            422,
+            "invalid_payload",
+            Some("body"),
+        ),
+        case(
+            "missing task_id",
+            r#"{"status":"failed","error_message":"x"}"#,
+            422,
+            "invalid_payload",
+            Some("task_id"),
+        ),
+        case(
+            "numeric task_id",
+            r#"{"task_id":12,"status":"failed","error_message":"x"}"#,
+            422,
+            "invalid_payload",
+            Some("task_id"),
+        ),
+        case(
+            "task_id with space",
+            r#"{"task_id":"a b","status":"failed","error_message":"x"}"#,
+            422,
+            "invalid_payload",
+            Some("task_id"),
+        ),
+        case(
+            "unknown status",
+            r#"{"task_id":"t1","status":"running"}"#,
+            422,
+            "invalid_payload",
+            Some("status"),
+        ),
+        case(
+            "completed without data",
+            r#"{"task_id":"t1","status":"completed"}"#,
+            422,
+            "invalid_payload",
+            Some("data"),
+        ),
+        case(
+            "completed without output",
+            r#"{"task_id":"t1","status":"completed","data":{"seed":1}}"#,
+            422,
+            "invalid_payload",
+            Some("data"),
+        ),
+        case(
+            "relative URL",
+            r#"{"task_id":"t1","status":"completed","data":{"video_url":"outputs/1.mp4"}}"#,
+            422,
+            "invalid_payload",
+            Some("data.video_url"),
+        ),
+        case(
+            "empty URL list",
+            r#"{"task_id":"t1","status":"completed","data":{"audio_urls":[]}}"#,
+            422,
+            "invalid_payload",
+            Some("data.audio_urls"),
+        ),
+        case(
+            "bad URL in list",
+            r#"{"task_id":"t1","status":"completed","data":{"image_urls":["https://a/1.png","file:///etc/passwd"]}}"#,
+            422,
+            "invalid_payload",
+            Some("data.image_urls[1]"),
+        ),
+        case(
+            "failed without message",
+            r#"{"task_id":"t1","status":"failed"}"#,
+            422,
+            "invalid_payload",
+            Some("error_message"),
+        ),
+        case(
+            "long task_id",
+            &long_id_body,
+            422,
+            "invalid_payload",
+            Some("task_id"),
+        ),
+    ];
+    let valid = failed_body("t1");
+    cases.push(Case {
+        content_type: Some("text/plain"),
+        ..case("text/plain", &valid, 415, "unsupported_media_type", None)
+    });
+    cases.push(Case {
+        content_type: None,
+        ..case(
+            "no content type",
+            &valid,
+            415,
+            "unsupported_media_type",
+            None,
+        )
+    });
+    cases.push(Case {
+        content_type: Some("application/json; charset=latin1"),
+        ..case(
+            "latin1 charset",
+            &valid,
+            415,
+            "unsupported_media_type",
+            None,
+        )
+    });
+    cases.push(Case {
+        content_type: Some("application/x-www-form-urlencoded"),
+        ..case("form", "task_id=t1", 415, "unsupported_media_type", None)
+    });
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_leave_no_trace() {
+    let app = spawn_app().await;
+    for case in cases() {
+        let response = app.post_raw(case.body.clone(), case.content_type).await;
+        assert_eq!(response.status().as_u16(), case.status, "{}", case.name);
+        assert!(
+            !response.headers().contains_key("retry-after"),
+            "{}: no Retry-After on a 4xx",
+            case.name
+        );
+        let answer = response_json(response).await;
+        assert_eq!(answer["status"], "rejected", "{}", case.name);
+        assert_eq!(answer["error"], case.error, "{}", case.name);
+        assert_eq!(
+            answer["field"].as_str(),
+            case.field,
+            "{}: {answer}",
+            case.name
+        );
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|message| !message.is_empty()),
+            "{}: a reason is given",
+            case.name
+        );
+    }
+
+    assert!(
+        app.keys().await.is_empty(),
+        "no dedup key for rejected requests"
+    );
+    assert_eq!(
+        app.drain_all().await,
+        0,
+        "nothing published for rejected requests"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_413() {
+    let app = spawn_app_with(|settings| settings.server.max_body_bytes = 1024).await;
+    let padding = "p".repeat(2000);
+    let body = format!(
+        r#"{{"task_id":"big","status":"failed","error_message":"x","padding":"{padding}"}}"#
+    );
+
+    let declared = app.post_callback(&body).await;
+    assert_eq!(declared.status(), 413);
+    assert_eq!(response_json(declared).await["error"], "payload_too_large");
+
+    // Chunked transfer: no Content-Length, so the limit applies to the bytes received.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .as_bytes()
+        .chunks(100)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    let chunked = app
+        .http
+        .post(app.webhook_url())
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status(), 413);
+
+    // Exactly at the limit is accepted.
+    let fitted_padding = "p".repeat(1024 - (body.len() - padding.len()));
+    let fitted = body.replace(&padding, &fitted_padding);
+    assert_eq!(fitted.len(), 1024);
+    assert_eq!(app.post_callback(&fitted).await.status(), 200);
+
+    assert_eq!(
+        app.keys().await.len(),
+        1,
+        "only the accepted request left a key"
+    );
+    assert_eq!(app.drain_all().await, 1);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_and_path_are_rejected() {
+    let app = spawn_app().await;
+    let get = app.http.get(app.webhook_url()).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+
+    let unknown = app
+        .http
+        .post(format!("{}/elsewhere", app.address))
+        .header("content-type", "application/json")
+        .body(failed_body("t1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    assert!(app.keys().await.is_empty());
+    assert_eq!(app.drain_all().await, 0);
+    app.teardown().await;
+}

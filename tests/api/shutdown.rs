@@ -1,0 +1,234 @@
+//! Graceful shutdown: in-flight requests finish publishing, and every request answered
+//! with a 2xx is in the broker.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+
+use crate::helpers::*;
+use crate::proxy::{Mode, Proxy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_lets_in_flight_requests_finish() {
+    let proxy = Proxy::start(AMQP_ADDRESS.parse().unwrap()).await;
+    let app = spawn_app_with(|settings| {
+        settings.broker.publish_timeout_ms = 5_000;
+        settings.redis.pending_ttl_ms = 20_000;
+        settings.rabbitmq.url = webhook_bridge::secret::SecretUrl::new_unchecked(&format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            proxy.port()
+        ));
+    })
+    .await;
+
+    // Hold the publishes in flight while the stop begins.
+    proxy.set(Mode::Stall);
+    let bodies: Vec<String> = (0..10).map(|_| completed_body(&unique_task_id())).collect();
+    let requests =
+        futures_util::future::join_all(bodies.iter().map(|body| app.post_callback(body)));
+    let stop_then_release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stop = app.stop();
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.set(Mode::Forward);
+        };
+        tokio::join!(stop, release);
+    };
+    let (responses, ()) = tokio::join!(requests, stop_then_release);
+
+    for response in responses {
+        assert_eq!(response.status(), 200, "in-flight request finished");
+    }
+    assert_eq!(app.drain(app.completed_queue()).await.len(), 10);
+    let queues = (
+        app.completed_queue().to_owned(),
+        app.failed_queue().to_owned(),
+    );
+    let settings = app.settings.clone();
+    let amqp = app.amqp.clone();
+    let keys = app.keys().await;
+    let mut redis = app.redis.clone();
+    assert!(app.join().await.is_ok(), "server stopped cleanly");
+
+    // The server is gone, so clean up by hand.
+    for queue in [queues.0, queues.1] {
+        let _ = amqp
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = amqp
+        .exchange_delete(
+            settings.rabbitmq.exchange.into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
+}
+
+/// Environment that points the binary at the test's own exchange, queues and key prefix.
+fn environment(settings: &webhook_bridge::Settings, port: u16) -> Vec<(String, String)> {
+    [
+        ("SERVER__LISTEN", format!("127.0.0.1:{port}")),
+        ("SERVER__WORKERS", "2".to_owned()),
+        ("SERVER__SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
+        ("REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
+        ("RABBITMQ__EXCHANGE", settings.rabbitmq.exchange.clone()),
+        (
+            "RABBITMQ__QUEUE_COMPLETED",
+            settings.rabbitmq.queue_completed.clone(),
+        ),
+        (
+            "RABBITMQ__QUEUE_FAILED",
+            settings.rabbitmq.queue_failed.clone(),
+        ),
+        ("RABBITMQ__URL", AMQP_URL.to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (format!("WEBHOOK_BRIDGE__{key}"), value))
+    .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_loses_no_accepted_event() {
+    let settings = test_settings();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+        .envs(environment(&settings, port))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bridge binary starts");
+    let pid = child.id();
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|response| response.status() == 200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "bridge became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Load that keeps running while SIGTERM arrives.
+    let load = (0..8).map(|_| {
+        let http = http.clone();
+        let url = format!("{base}/webhook");
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            for _ in 0..200 {
+                let body = completed_body(&unique_task_id());
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status() == 200 => accepted += 1,
+                    Ok(response) => assert_eq!(response.status(), 503, "only 200 or 503"),
+                    Err(_) => break,
+                }
+            }
+            accepted
+        })
+    });
+    let load: Vec<_> = load.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    let mut accepted = 0;
+    for task in load {
+        accepted += task.await.unwrap();
+    }
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("RabbitMQ connection closed."), "{log}");
+    assert!(
+        !log.contains("guest:guest@"),
+        "the broker password is not logged"
+    );
+    assert!(accepted > 0, "some requests were accepted before the stop");
+
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut published = 0;
+    while channel
+        .basic_get(
+            settings.rabbitmq.queue_completed.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .is_some()
+    {
+        published += 1;
+    }
+    // A request cut off by the stop may have been published without its answer
+    // arriving; each load task stops at its first such error.
+    assert!(
+        published >= accepted,
+        "every 2xx is in the broker: {published} < {accepted}"
+    );
+    assert!(
+        published <= accepted + 8,
+        "{published} published for {accepted} accepted"
+    );
+
+    for queue in [
+        &settings.rabbitmq.queue_completed,
+        &settings.rabbitmq.queue_failed,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            settings.rabbitmq.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pattern = format!("{}*", settings.redis.key_prefix);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
+    }
+}
