@@ -1,5 +1,5 @@
 //! The provider's callback: raw request bytes become a validated [`Callback`] before Redis
-//! or a broker sees them. Errors name the field and the reason, so the provider (or whoever
+//! or a broker receives them. Errors name the field and the reason, so the provider (or whoever
 //! reads its logs) can fix the payload.
 
 use std::fmt;
@@ -21,7 +21,7 @@ const SINGLE_OUTPUTS: [&str; 3] = ["video_url", "image_url", "audio_url"];
 /// Output fields that hold a non-empty array of URLs.
 const LIST_OUTPUTS: [&str; 3] = ["video_urls", "image_urls", "audio_urls"];
 
-/// Why a request body was rejected.
+/// Reason a request body was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {
     /// The body is not a JSON document (HTTP 400).

@@ -47,7 +47,7 @@ pub struct ServerSettings {
     pub client_request_timeout_ms: u64,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
     pub shutdown_timeout_secs: u64,
-    /// Value of the `Retry-After` header on 503 answers, in seconds.
+    /// Value of the `Retry-After` header on 503 responses, in seconds.
     pub retry_after_secs: u64,
     /// Whether to log one line per request (method, path without query string, status).
     pub access_log: bool,
@@ -68,7 +68,7 @@ impl Default for ServerSettings {
     }
 }
 
-/// Which message broker receives the events.
+/// Message broker that receives the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
@@ -101,14 +101,14 @@ impl BrokerSettings {
     }
 }
 
-/// What to do with a callback when Redis cannot be reached in time.
+/// Policy for a callback when Redis cannot be reached in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnRedisUnavailable {
-    /// Answer 503 so that the provider retries later.
+    /// Respond 503 so that the provider retries later.
     #[default]
     Reject,
-    /// Publish without deduplication: duplicates become possible, nothing is lost.
+    /// Publish without deduplication, so duplicates become possible but nothing waits.
     Publish,
 }
 
@@ -126,7 +126,7 @@ pub struct RedisSettings {
     pub response_timeout_ms: u64,
     /// Lifetime of a claim while its event is being published; covers a crashed bridge.
     pub pending_ttl_ms: u64,
-    /// How long a re-delivery waits for a concurrent request that holds the claim.
+    /// Maximum time a re-delivery waits for a concurrent request that owns the claim.
     pub pending_wait_ms: u64,
     /// Lifetime of the record of a published event: the dedup window.
     pub dedup_ttl_secs: u64,
@@ -208,10 +208,11 @@ impl Default for EventSettings {
     }
 }
 
-/// A configuration error that names the key at fault.
+/// A configuration error that names the key at fault, or the file that could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration key `{key}`: {message}")]
+#[error("invalid configuration: {key}: {message}")]
 pub struct ConfigError {
+    /// Dotted key such as `server.listen`, or `--config` for the file itself.
     pub key: String,
     pub message: String,
 }
@@ -222,6 +223,10 @@ impl ConfigError {
             key: key.to_owned(),
             message: message.into(),
         }
+    }
+
+    fn file(message: impl Into<String>) -> Self {
+        Self::new("--config", message)
     }
 }
 
@@ -239,10 +244,10 @@ impl Settings {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::new(
-                    "--config",
-                    format!("file {} not found", path.display()),
-                ));
+                return Err(ConfigError::file(format!(
+                    "file {} not found",
+                    path.display()
+                )));
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
@@ -254,7 +259,7 @@ impl Settings {
         let layered = builder
             .add_source(environment)
             .build()
-            .map_err(|error| ConfigError::new("--config", error.to_string()))?;
+            .map_err(|error| ConfigError::file(error.to_string()))?;
 
         let settings: Settings = serde_path_to_error::deserialize(layered).map_err(|error| {
             let key = error.path().to_string();
@@ -549,6 +554,33 @@ mod tests {
         assert_eq!(settings.rabbitmq.exchange, "from-file");
         assert_eq!(settings.redis.key_prefix, "env:");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn example_file_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let loaded = Settings::load_from(Some(&path), Some(HashMap::new())).expect("example loads");
+        assert_eq!(
+            loaded.to_redacted_json(),
+            Settings::default().to_redacted_json(),
+            "the example shows the defaults"
+        );
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        for (section, keys) in defaults.as_object().unwrap() {
+            let start = text
+                .find(&format!("[{section}]\n"))
+                .unwrap_or_else(|| panic!("section [{section}] is missing"));
+            let body = &text[start..];
+            let body = &body[..body[1..].find("\n[").map_or(body.len(), |end| end + 1)];
+            for key in keys.as_object().unwrap().keys() {
+                assert!(
+                    body.contains(&format!("\n{key} = ")),
+                    "{section}.{key} is missing from config/example.toml"
+                );
+            }
+        }
     }
 
     #[test]

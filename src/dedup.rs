@@ -28,7 +28,7 @@ end
 return 0
 ";
 
-/// Deletes a claim only while it still holds our token.
+/// Deletes a claim only while it still contains our token.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -36,7 +36,7 @@ end
 return 0
 ";
 
-/// Redis could not answer in time, or answered with an error.
+/// Redis failure: no reply in time, or an error reply.
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
     #[error("Redis command timed out after {0:?}")]
@@ -105,7 +105,7 @@ impl DedupStore {
         format!("{}{}", self.key_prefix, event.id)
     }
 
-    /// Claims `event`, waiting (bounded by `pending_wait_ms`) while another request holds it.
+    /// Claims `event`, waiting (bounded by `pending_wait_ms`) while another request owns it.
     pub async fn claim(&self, event: &Event) -> Result<ClaimOutcome, DedupError> {
         let key = self.key(event);
         let token = format!("{PENDING_PREFIX}{}", uuid::Uuid::new_v4().simple());
@@ -146,7 +146,7 @@ impl DedupStore {
         Ok(())
     }
 
-    /// Checks that Redis answers a PING within the response timeout.
+    /// Checks that Redis replies to a PING within the response timeout.
     pub async fn ping(&self) -> Result<(), DedupError> {
         let mut connection = self.connection.clone();
         self.bounded(redis::cmd("PING").query_async::<String>(&mut connection))

@@ -10,7 +10,7 @@ use crate::dedup::{ClaimOutcome, DedupError, DedupStore};
 use crate::event::Event;
 use crate::publisher::{PublishError, Publisher};
 
-/// What happened to a valid callback.
+/// Result of forwarding a valid callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The broker confirmed the event.
@@ -19,7 +19,7 @@ pub enum Outcome {
     Duplicate,
 }
 
-/// Why a valid callback could not be forwarded now; the provider should retry.
+/// Failure to forward a valid callback now. The provider should retry.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("dedup store unavailable: {0}")]
@@ -30,6 +30,17 @@ pub enum DeliveryError {
     Publish(#[from] PublishError),
     #[error("delivery task was cancelled or panicked")]
     Interrupted,
+}
+
+impl DeliveryError {
+    /// Returns whether a retry can succeed without an operator changing configuration or
+    /// topology.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Publish(cause) => cause.is_retriable(),
+            _ => true,
+        }
+    }
 }
 
 /// Claims, publishes and records events.

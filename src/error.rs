@@ -1,4 +1,4 @@
-//! Mapping of request failures to HTTP answers, in one place. Bodies are JSON with a stable
+//! Mapping of request failures to HTTP responses, in one place. Bodies are JSON with a stable
 //! `error` code; internal error text never reaches a response.
 
 use actix_web::http::StatusCode;

@@ -1,5 +1,5 @@
 //! webhook-bridge receives task callbacks from AI media-generation APIs and publishes them
-//! as CloudEvents to a message broker, answering 2xx only once the broker confirmed them.
+//! as CloudEvents to a message broker, responding 2xx only once the broker confirmed them.
 //!
 //! A request flows through [`routes`] (media type, size), [`callback`] (validation),
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a

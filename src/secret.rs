@@ -48,7 +48,7 @@ impl SecretUrl {
 }
 
 /// Replaces the password of `url`, if any, by `***`. A string that does not parse as a URL
-/// with a host is replaced entirely, because its secret parts cannot be told apart.
+/// with a host is replaced entirely, because its secret parts cannot be identified.
 pub fn redact_url(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut parsed) if parsed.has_host() => {

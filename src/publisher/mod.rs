@@ -11,7 +11,7 @@ pub use rabbitmq::RabbitMqPublisher;
 
 use crate::event::Event;
 
-/// Why an event was not confirmed by the broker.
+/// Failure to get an event confirmed by the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker connection is down")]
@@ -38,8 +38,8 @@ impl PublishError {
         }
     }
 
-    /// Whether the same publish may succeed later without a change of configuration or
-    /// topology. An unroutable event needs a queue or binding first.
+    /// Returns whether the same publish may succeed later without a change of configuration
+    /// or topology. An unroutable event needs a queue or binding first.
     pub fn is_retriable(&self) -> bool {
         !matches!(self, Self::Unroutable { .. })
     }
@@ -51,7 +51,7 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publishes `event` and waits for the broker's confirmation.
     async fn publish(&self, event: &Event) -> Result<(), PublishError>;
 
-    /// Whether the broker connection is up right now.
+    /// Returns whether the broker connection is up right now.
     fn is_connected(&self) -> bool;
 
     /// Closes the broker connection cleanly, within the given time.

@@ -5,12 +5,12 @@ use serde_json::json;
 
 use super::AppState;
 
-/// Answers 200 while the process serves HTTP.
+/// Responds 200 while the process serves HTTP.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Answers 200 when Redis answers a PING and the broker connection is up, 503 otherwise.
+/// Responds 200 when Redis replies to a PING and the broker connection is up, 503 otherwise.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let redis_up = state.dedup.ping().await.is_ok();
     let broker_up = state.publisher.is_connected();

@@ -1,4 +1,4 @@
-//! HTTP routes: the callback endpoint, health checks, and JSON answers for unknown paths
+//! HTTP routes: the callback endpoint, health checks, and JSON responses for unknown paths
 //! and methods.
 
 mod health;

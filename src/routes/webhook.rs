@@ -15,7 +15,7 @@ use crate::delivery::{DeliveryError, Outcome};
 use crate::error::ApiError;
 use crate::event::Event;
 
-/// Receives one provider callback and answers only after the event is in the broker.
+/// Receives one provider callback and responds only after the event is in the broker.
 pub async fn receive_callback(
     request: HttpRequest,
     payload: web::Payload,
@@ -68,9 +68,10 @@ pub async fn receive_callback(
         }
         Err(cause) => {
             error!(
-                "Answering 503: callback not forwarded. task_id={} event_type={} cause={cause}",
+                "Answering 503: callback not forwarded. task_id={} event_type={} retriable={} cause={cause}",
                 event.task_id,
-                event.event_type.as_str()
+                event.event_type.as_str(),
+                cause.is_retriable()
             );
             Err(ApiError::Unavailable {
                 cause,

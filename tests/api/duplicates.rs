@@ -1,5 +1,5 @@
-//! Re-deliveries publish once, sequential or concurrent; a different outcome for the same
-//! task is a different event; a claim held by another request is waited for.
+//! Re-deliveries publish once, sequential or concurrent. A different outcome for the same
+//! task is a different event, and a claim owned by another request is waited for.
 
 use std::time::Duration;
 

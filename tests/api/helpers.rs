@@ -175,7 +175,7 @@ impl TestApp {
         format!("{}{task_id}:{status}", self.settings.redis.key_prefix)
     }
 
-    /// Every Redis key under this test's prefix.
+    /// Lists every Redis key under this test's prefix.
     pub async fn keys(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
         let pattern = format!("{}*", self.settings.redis.key_prefix);
@@ -213,7 +213,7 @@ impl TestApp {
             .expect("queue.declare");
     }
 
-    /// Polls `/readyz` until it answers `expected`, for at most `limit`.
+    /// Polls `/readyz` until it returns `expected`, for at most `limit`.
     pub async fn wait_ready(&self, expected: u16, limit: Duration) {
         let started = Instant::now();
         loop {
@@ -240,7 +240,7 @@ impl TestApp {
         self.handle.stop(true).await;
     }
 
-    /// Whether the server task ended with Ok after a stop.
+    /// Waits for the server task and returns its result.
     pub async fn join(self) -> std::io::Result<()> {
         let server = self.server;
         server.await.expect("server task")

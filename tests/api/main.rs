@@ -5,6 +5,7 @@ mod helpers;
 mod proxy;
 
 mod callbacks;
+mod cli;
 mod duplicates;
 mod failures;
 mod rejections;

@@ -168,6 +168,11 @@ async fn sigterm_loses_no_accepted_event() {
         .unwrap();
     assert!(output.status.success(), "exit status {:?}", output.status);
     let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("config={"),
+        "the effective configuration is logged: {log}"
+    );
+    assert!(log.contains("amqp://guest:***@"), "{log}");
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("RabbitMQ connection closed."), "{log}");
     assert!(
