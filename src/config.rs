@@ -45,6 +45,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Time allowed to read the request head before the connection is closed (408).
     pub client_request_timeout_ms: u64,
+    /// Time allowed to read the request body, from the end of the head (408 when exceeded).
+    pub body_read_timeout_ms: u64,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
     pub shutdown_timeout_secs: u64,
     /// Value of the `Retry-After` header on 503 responses, in seconds.
@@ -61,6 +63,7 @@ impl Default for ServerSettings {
             max_body_bytes: 256 * 1024,
             workers: 0,
             client_request_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
             shutdown_timeout_secs: 30,
             retry_after_secs: 5,
             access_log: true,
@@ -338,11 +341,16 @@ impl ServerSettings {
                 "must be greater than 0",
             ));
         }
-        if self.client_request_timeout_ms == 0 {
-            return Err(ConfigError::new(
+        for (key, value) in [
+            (
                 "server.client_request_timeout_ms",
-                "must be greater than 0",
-            ));
+                self.client_request_timeout_ms,
+            ),
+            ("server.body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("failed to read the request body: {0}")]
     BodyRead(String),
+    #[error("request body was not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error(transparent)]
     Callback(#[from] CallbackError),
     #[error("callback could not be forwarded now: {cause}")]
@@ -42,6 +44,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyRead(_) => "body_read_failed",
+            Self::BodyTimeout(_) => "body_read_timeout",
             Self::Callback(CallbackError::Malformed(_)) => "invalid_json",
             Self::Callback(CallbackError::Invalid { .. }) => "invalid_payload",
             Self::Unavailable { cause, .. } => match cause {
@@ -87,6 +90,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Callback(CallbackError::Malformed(_)) => StatusCode::BAD_REQUEST,
             Self::Callback(CallbackError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

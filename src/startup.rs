@@ -71,6 +71,7 @@ impl Application {
             dedup,
             publisher: publisher.clone(),
             max_body_bytes: settings.server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
             source: settings.event.source.clone(),
             retry_after_secs: settings.server.retry_after_secs,
         });

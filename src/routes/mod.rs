@@ -5,6 +5,7 @@ mod health;
 mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -20,6 +21,7 @@ pub struct AppState {
     pub dedup: DedupStore,
     pub publisher: Arc<dyn Publisher>,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub source: String,
     pub retry_after_secs: u64,
 }

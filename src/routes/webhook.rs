@@ -23,7 +23,12 @@ pub async fn receive_callback(
 ) -> Result<HttpResponse, ApiError> {
     let received_at = SystemTime::now();
     require_json(&request)?;
-    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(
+        state.body_read_timeout,
+        read_body(&request, payload, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout(state.body_read_timeout))??;
     let callback = Callback::parse(&body).inspect_err(log_rejection)?;
     let event = Event::new(&callback, &body, &state.source, received_at);
 

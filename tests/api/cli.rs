@@ -50,3 +50,93 @@ fn missing_config_file_stops_startup() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("/nonexistent/webhook-bridge.toml"), "{log}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_logs_cause_without_password() {
+    let settings = crate::helpers::test_settings();
+    let port = free_port();
+    // Nothing listens on this port, so every connection attempt fails.
+    let broker_url = format!("amqp://bridge:s3cret-pass@127.0.0.1:{}/%2f", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+        .env(
+            "WEBHOOK_BRIDGE__SERVER__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("WEBHOOK_BRIDGE__SERVER__WORKERS", "1")
+        .env("WEBHOOK_BRIDGE__RABBITMQ__URL", &broker_url)
+        .env("WEBHOOK_BRIDGE__RABBITMQ__CONNECT_TIMEOUT_MS", "300")
+        .env(
+            "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX",
+            &settings.redis.key_prefix,
+        )
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let ready = loop {
+        if let Ok(response) = http.get(format!("{base}/readyz")).send().await {
+            break response;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "bridge started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["broker"], "down");
+    assert_eq!(body["redis"], "up");
+
+    let task_id = crate::helpers::unique_task_id();
+    let response = http
+        .post(format!("{base}/webhook"))
+        .header("content-type", "application/json")
+        .body(crate::helpers::completed_body(&task_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("s3cret-pass"), "{text}");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+
+    let error_line = log
+        .lines()
+        .find(|line| line.contains("ERROR") && line.contains("Answering 503"))
+        .unwrap_or_else(|| panic!("no error line for the 503: {log}"));
+    assert!(
+        error_line.contains(&format!("task_id={task_id}")),
+        "{error_line}"
+    );
+    assert!(
+        error_line.contains("broker connection is down"),
+        "{error_line}"
+    );
+    assert!(log.contains("Connecting to RabbitMQ failed"), "{log}");
+    assert!(log.contains("bridge:***@127.0.0.1"), "{log}");
+    assert!(
+        !log.contains("s3cret-pass"),
+        "the password never reaches the log"
+    );
+}

@@ -280,3 +280,45 @@ async fn wrong_method_and_path_are_rejected() {
     assert_eq!(app.drain_all().await, 0);
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_is_408() {
+    let app = spawn_app_with(|settings| settings.server.body_read_timeout_ms = 300).await;
+    let body = failed_body(&unique_task_id()).into_bytes();
+    let (head, tail) = body.split_at(10);
+    let (head, tail) = (head.to_vec(), tail.to_vec());
+    // Sends the first bytes, then stalls for longer than the body read timeout.
+    let trickle = stream::unfold(0, move |step| {
+        let (head, tail) = (head.clone(), tail.clone());
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(head), 1)),
+                1 => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    Some((Ok(tail), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .post(app.webhook_url())
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response_json(response).await["error"], "body_read_timeout");
+    assert!(app.keys().await.is_empty());
+    assert_eq!(app.drain_all().await, 0);
+    app.teardown().await;
+}
