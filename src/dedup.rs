@@ -114,12 +114,17 @@ impl DedupStore {
             if self.try_set_pending(&key, &token).await? {
                 return Ok(ClaimOutcome::Claimed(Claim { key, token }));
             }
-            match self.get(&key).await?.as_deref() {
-                Some(DONE) => return Ok(ClaimOutcome::AlreadyDone),
-                // The other claim was released or expired in between: try again at once.
-                None => continue,
-                Some(_) if Instant::now() >= deadline => return Ok(ClaimOutcome::StillPending),
-                Some(_) => sleep(PENDING_POLL_INTERVAL).await,
+            let current = self.get(&key).await?;
+            if current.as_deref() == Some(DONE) {
+                return Ok(ClaimOutcome::AlreadyDone);
+            }
+            if Instant::now() >= deadline {
+                return Ok(ClaimOutcome::StillPending);
+            }
+            // A missing key means the other claim was released or expired in between, so the
+            // next SET NX can succeed at once.
+            if current.is_some() {
+                sleep(PENDING_POLL_INTERVAL).await;
             }
         }
     }

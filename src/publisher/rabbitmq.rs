@@ -223,6 +223,15 @@ async fn supervise(shared: Arc<Shared>) {
                 wait_for_loss(&shared, &link).await;
                 shared.set_link(None);
                 if shared.stopping.load(Ordering::SeqCst) {
+                    // Shutdown may have begun while this link was still being opened, before
+                    // `shutdown` could see and close it.
+                    if link.connection.status().connected() {
+                        let _ = timeout(
+                            connect_timeout,
+                            link.connection.close(REPLY_SUCCESS, "OK".into()),
+                        )
+                        .await;
+                    }
                     break;
                 }
                 error!(
