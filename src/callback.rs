@@ -15,6 +15,10 @@ pub const MAX_TASK_ID_CHARS: usize = 256;
 /// 4 KiB leaves room for long query strings while keeping events small.
 pub const MAX_URL_BYTES: usize = 4096;
 
+/// Deepest nesting of arrays and objects accepted. The event adds one level around the
+/// callback, and serde_json stops at 128 levels by default, so consumers can read every event.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
 /// Output fields that hold a single URL.
 const SINGLE_OUTPUTS: [&str; 3] = ["video_url", "image_url", "audio_url"];
 
@@ -56,10 +60,13 @@ impl TaskId {
                 format!("must be at most {MAX_TASK_ID_CHARS} characters long"),
             ));
         }
-        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible_format(c))
+        {
             return Err(CallbackError::invalid(
                 "task_id",
-                "must not contain whitespace or control characters",
+                "must not contain whitespace, control or invisible formatting characters",
             ));
         }
         Ok(Self(value))
@@ -68,6 +75,19 @@ impl TaskId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Zero-width and bidirectional formatting characters, which make different ids look alike.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 impl fmt::Display for TaskId {
@@ -157,6 +177,7 @@ impl Callback {
         if !document.get().starts_with('{') {
             return Err(CallbackError::invalid("body", "must be a JSON object"));
         }
+        check_structure(document.get())?;
         let wire: WireCallback<'_> = serde_json::from_str(document.get())
             .map_err(|error| CallbackError::invalid("body", strip_position(&error)))?;
 
@@ -187,6 +208,77 @@ pub fn parse_document(body: &[u8]) -> Result<&RawValue, CallbackError> {
         return Err(CallbackError::Malformed("request body is empty".to_owned()));
     }
     serde_json::from_slice(body).map_err(|error| CallbackError::Malformed(error.to_string()))
+}
+
+/// Rejects what consumers could not decode although the syntax is valid: nesting deeper than
+/// [`MAX_NESTING_DEPTH`], and `\u` escapes of lone UTF-16 surrogates (serde_json and most
+/// strict decoders reject them). `json` must already be valid JSON.
+fn check_structure(json: &str) -> Result<(), CallbackError> {
+    let bytes = json.as_bytes();
+    let mut depth = 0;
+    let mut in_string = false;
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        index += 1;
+        if !in_string {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING_DEPTH {
+                        return Err(CallbackError::invalid(
+                            "body",
+                            format!(
+                                "must not nest arrays and objects deeper than {MAX_NESTING_DEPTH} levels"
+                            ),
+                        ));
+                    }
+                }
+                b']' | b'}' => depth -= 1,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = false,
+            b'\\' if bytes[index] == b'u' => {
+                let unit = hex_unit(&bytes[index + 1..index + 5]);
+                index += 5;
+                let lone = match unit {
+                    0xD800..=0xDBFF => {
+                        let next = bytes.get(index..index + 6);
+                        let paired = next.is_some_and(|escape| {
+                            escape.starts_with(b"\\u")
+                                && (0xDC00..=0xDFFF).contains(&hex_unit(&escape[2..]))
+                        });
+                        if paired {
+                            index += 6;
+                        }
+                        !paired
+                    }
+                    0xDC00..=0xDFFF => true,
+                    _ => false,
+                };
+                if lone {
+                    return Err(CallbackError::invalid(
+                        "body",
+                        "must not contain lone UTF-16 surrogate escapes (\\uD800 to \\uDFFF)",
+                    ));
+                }
+            }
+            b'\\' => index += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Decodes four hex digits of a `\u` escape that the JSON parser already checked.
+fn hex_unit(digits: &[u8]) -> u32 {
+    digits.iter().fold(0, |unit, digit| {
+        unit * 16 + char::from(*digit).to_digit(16).unwrap_or(0)
+    })
 }
 
 /// Drops serde_json's "at line 1 column 42" suffix where the message names a field.
@@ -267,7 +359,10 @@ fn validate_url(field: &str, value: &str) -> Result<(), CallbackError> {
             format!("must use http or https, not `{}`", url.scheme()),
         ));
     }
-    if url.host_str().is_none_or(str::is_empty) {
+    // The URL parser turns `http:///x` into host `x`, but the text forwarded is the original.
+    let authority = value.split_once("://").map(|(_, rest)| rest);
+    let names_host = authority.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    if !names_host || url.host_str().is_none_or(str::is_empty) {
         return Err(CallbackError::invalid(field, "must name a host"));
     }
     Ok(())
@@ -457,6 +552,75 @@ mod tests {
         let (field, reason) = invalid(r#"{"task_id":"t","status":"failed","error_message":{}}"#);
         assert_eq!(field, "error_message");
         assert_eq!(reason, "must be a string");
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected() {
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"task_id":"t","status":"failed","error_message":"x","z":{}1{}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        assert!(Callback::parse(nested(MAX_NESTING_DEPTH - 1).as_bytes()).is_ok());
+        let (field, reason) = invalid(&nested(MAX_NESTING_DEPTH));
+        assert_eq!(field, "body");
+        assert!(reason.contains("deeper than"), "{reason}");
+        assert_eq!(invalid(&nested(100_000)).0, "body");
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_nest() {
+        let body = format!(
+            r#"{{"task_id":"t","status":"failed","error_message":"{}\"{}"}}"#,
+            "[".repeat(200),
+            "{".repeat(200)
+        );
+        assert!(Callback::parse(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn lone_surrogates_are_rejected() {
+        for escape in [
+            r"\udc00",
+            r"\ud800",
+            r"\ud800x",
+            r"\ud800\u0041",
+            r"\uDBFF\uDBFF",
+        ] {
+            let body = format!(
+                r#"{{"task_id":"t","status":"failed","error_message":"x","z":"{escape}"}}"#
+            );
+            let (field, reason) = invalid(&body);
+            assert_eq!(field, "body", "{escape}");
+            assert!(reason.contains("surrogate"), "{escape}: {reason}");
+        }
+    }
+
+    #[test]
+    fn paired_surrogates_and_escapes_pass() {
+        let body = r#"{"task_id":"t","status":"failed","error_message":"\ud83d\ude00 \\u0041 \\\"","z":"\u00e9\\"}"#;
+        assert!(Callback::parse(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn invisible_task_id_characters_are_rejected() {
+        for id in ["a\u{200B}b", "a\u{202E}b", "\u{FEFF}a", "a\u{2066}"] {
+            let error = TaskId::parse(id.to_owned()).unwrap_err();
+            assert!(error.to_string().contains("invisible"), "{id:?}: {error}");
+        }
+        assert!(TaskId::parse("tâche-7".to_owned()).is_ok());
+    }
+
+    #[test]
+    fn url_needs_an_authority() {
+        for url in ["http:///x", "https://", "http:/x", "http:x"] {
+            let body =
+                format!(r#"{{"task_id":"t","status":"completed","data":{{"video_url":"{url}"}}}}"#);
+            let (field, _) = invalid(&body);
+            assert_eq!(field, "data.video_url", "{url}");
+        }
     }
 
     #[test]

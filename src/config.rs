@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::SecretUrl;
+use crate::secret::{SecretUrl, redact_urls_in};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";
@@ -19,6 +19,16 @@ const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Upper bound for `server.max_body_bytes`; a callback is a small JSON document.
 const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Upper bound for `server.workers`, the limit of actix-web 4.
+const MAX_WORKERS: usize = 512;
+
+/// Upper bound for every timeout and wait, in milliseconds (one hour). Longer values are
+/// mistakes, and would hold a provider's request far past its own timeout.
+const MAX_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+/// Upper bound for `redis.dedup_ttl_secs` (one year), well inside what Redis accepts for PX.
+const MAX_DEDUP_TTL_SECS: u64 = 365 * 24 * 60 * 60;
 
 /// The complete bridge configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -73,10 +83,21 @@ impl Default for ServerSettings {
 
 /// Message broker that receives the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum BrokerKind {
     #[default]
     Rabbitmq,
+}
+
+impl TryFrom<String> for BrokerKind {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "rabbitmq" => Ok(Self::Rabbitmq),
+            other => Err(format!("expected \"rabbitmq\", not \"{other}\"")),
+        }
+    }
 }
 
 /// Settings shared by every broker.
@@ -106,13 +127,27 @@ impl BrokerSettings {
 
 /// Policy for a callback when Redis cannot be reached in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum OnRedisUnavailable {
     /// Respond 503 so that the provider retries later.
     #[default]
     Reject,
     /// Publish without deduplication, so duplicates become possible but nothing waits.
     Publish,
+}
+
+impl TryFrom<String> for OnRedisUnavailable {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "reject" => Ok(Self::Reject),
+            "publish" => Ok(Self::Publish),
+            other => Err(format!(
+                "expected \"reject\" or \"publish\", not \"{other}\""
+            )),
+        }
+    }
 }
 
 /// Redis settings for deduplication.
@@ -244,6 +279,9 @@ impl Settings {
         file: Option<&Path>,
         environment: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
+        let environment = environment.unwrap_or_else(|| std::env::vars().collect());
+        reject_section_variables(&environment)?;
+
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             if !path.is_file() {
@@ -257,16 +295,15 @@ impl Settings {
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .source(environment);
+            .source(Some(environment));
         let layered = builder
             .add_source(environment)
             .build()
-            .map_err(|error| ConfigError::file(error.to_string()))?;
+            .map_err(|error| ConfigError::file(redact_urls_in(&error.to_string())))?;
 
         let settings: Settings = serde_path_to_error::deserialize(layered).map_err(|error| {
             let key = error.path().to_string();
-            ConfigError::new(&key, error.into_inner().to_string())
+            ConfigError::new(&key, redact_urls_in(&error.into_inner().to_string()))
         })?;
         settings.validate()?;
         Ok(settings)
@@ -275,12 +312,7 @@ impl Settings {
     /// Checks the values that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
-        if self.broker.publish_timeout_ms == 0 {
-            return Err(ConfigError::new(
-                "broker.publish_timeout_ms",
-                "must be greater than 0",
-            ));
-        }
+        require_duration_ms("broker.publish_timeout_ms", self.broker.publish_timeout_ms)?;
         self.redis.validate(&self.broker)?;
         self.rabbitmq.validate()?;
         if self.event.source.trim().is_empty() {
@@ -293,6 +325,38 @@ impl Settings {
     pub fn to_redacted_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|error| format!("<unprintable: {error}>"))
     }
+}
+
+/// Rejects variables such as `WEBHOOK_BRIDGE__REDIS=...` that name a whole section: the
+/// config crate would drop them silently when a key of the section is also set.
+fn reject_section_variables(environment: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let prefix = format!("{ENV_PREFIX}__");
+    for name in environment.keys() {
+        let Some(key) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !key.contains("__") {
+            return Err(ConfigError::new(
+                &key.to_lowercase(),
+                format!(
+                    "{name} sets a whole section; set one key of it instead, such as {prefix}{}__URL",
+                    key.to_uppercase()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a duration setting lies between 1 and [`MAX_TIMEOUT_MS`] milliseconds.
+fn require_duration_ms(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 || value > MAX_TIMEOUT_MS {
+        return Err(ConfigError::new(
+            key,
+            format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds"),
+        ));
+    }
+    Ok(())
 }
 
 impl ServerSettings {
@@ -335,22 +399,24 @@ impl ServerSettings {
                 format!("must be between 1 and {MAX_BODY_LIMIT}"),
             ));
         }
-        if self.retry_after_secs == 0 {
+        require_duration_ms(
+            "server.retry_after_secs",
+            self.retry_after_secs.saturating_mul(1000),
+        )?;
+        require_duration_ms(
+            "server.client_request_timeout_ms",
+            self.client_request_timeout_ms,
+        )?;
+        require_duration_ms("server.body_read_timeout_ms", self.body_read_timeout_ms)?;
+        require_duration_ms(
+            "server.shutdown_timeout_secs",
+            self.shutdown_timeout_secs.saturating_mul(1000),
+        )?;
+        if self.workers > MAX_WORKERS {
             return Err(ConfigError::new(
-                "server.retry_after_secs",
-                "must be greater than 0",
+                "server.workers",
+                format!("must be between 0 (one per CPU core) and {MAX_WORKERS}"),
             ));
-        }
-        for (key, value) in [
-            (
-                "server.client_request_timeout_ms",
-                self.client_request_timeout_ms,
-            ),
-            ("server.body_read_timeout_ms", self.body_read_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(key, "must be greater than 0"));
-            }
         }
         Ok(())
     }
@@ -361,21 +427,31 @@ impl RedisSettings {
         self.url
             .require_scheme(&["redis", "rediss"])
             .map_err(|message| ConfigError::new("redis.url", message))?;
+        if let Err(error) = redis::Client::open(self.url.expose()) {
+            return Err(ConfigError::new(
+                "redis.url",
+                format!(
+                    "`{}` is invalid: {}",
+                    self.url,
+                    redact_urls_in(&error.to_string())
+                ),
+            ));
+        }
         if self.key_prefix.is_empty() {
             return Err(ConfigError::new(
                 "redis.key_prefix",
                 "must not be empty, so that dedup keys cannot collide with other data",
             ));
         }
-        for (key, value) in [
-            ("redis.connect_timeout_ms", self.connect_timeout_ms),
-            ("redis.response_timeout_ms", self.response_timeout_ms),
-            ("redis.pending_wait_ms", self.pending_wait_ms),
-            ("redis.dedup_ttl_secs", self.dedup_ttl_secs),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(key, "must be greater than 0"));
-            }
+        require_duration_ms("redis.connect_timeout_ms", self.connect_timeout_ms)?;
+        require_duration_ms("redis.response_timeout_ms", self.response_timeout_ms)?;
+        require_duration_ms("redis.pending_wait_ms", self.pending_wait_ms)?;
+        require_duration_ms("redis.pending_ttl_ms", self.pending_ttl_ms)?;
+        if self.dedup_ttl_secs == 0 || self.dedup_ttl_secs > MAX_DEDUP_TTL_SECS {
+            return Err(ConfigError::new(
+                "redis.dedup_ttl_secs",
+                format!("must be between 1 and {MAX_DEDUP_TTL_SECS} seconds (one year)"),
+            ));
         }
         // A claim that expires while its publish is still running would let a
         // re-delivery publish the same event a second time.
@@ -401,6 +477,12 @@ impl RabbitMqSettings {
         self.url
             .require_scheme(&["amqp", "amqps"])
             .map_err(|message| ConfigError::new("rabbitmq.url", message))?;
+        if let Err(error) = self.url.expose().parse::<lapin::uri::AMQPUri>() {
+            return Err(ConfigError::new(
+                "rabbitmq.url",
+                format!("`{}` is invalid: {}", self.url, redact_urls_in(&error)),
+            ));
+        }
         for (key, value) in [
             ("rabbitmq.exchange", &self.exchange),
             ("rabbitmq.queue_completed", &self.queue_completed),
@@ -424,12 +506,15 @@ impl RabbitMqSettings {
                 "must differ from rabbitmq.queue_completed",
             ));
         }
-        if self.connect_timeout_ms == 0 || self.reconnect_min_delay_ms == 0 {
-            return Err(ConfigError::new(
-                "rabbitmq.connect_timeout_ms",
-                "connect_timeout_ms and reconnect_min_delay_ms must be greater than 0",
-            ));
-        }
+        require_duration_ms("rabbitmq.connect_timeout_ms", self.connect_timeout_ms)?;
+        require_duration_ms(
+            "rabbitmq.reconnect_min_delay_ms",
+            self.reconnect_min_delay_ms,
+        )?;
+        require_duration_ms(
+            "rabbitmq.reconnect_max_delay_ms",
+            self.reconnect_max_delay_ms,
+        )?;
         if self.reconnect_max_delay_ms < self.reconnect_min_delay_ms {
             return Err(ConfigError::new(
                 "rabbitmq.reconnect_max_delay_ms",
@@ -481,8 +566,100 @@ mod tests {
 
     #[test]
     fn numeric_looking_strings_stay_strings() {
-        let settings = load_env(&[("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX", "42")]).unwrap();
-        assert_eq!(settings.redis.key_prefix, "42");
+        for prefix in ["42", "007", "1e3", "1.50", "true"] {
+            let settings = load_env(&[("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX", prefix)]).unwrap();
+            assert_eq!(settings.redis.key_prefix, prefix);
+        }
+        let settings = load_env(&[("WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE", "1.0")]).unwrap();
+        assert_eq!(settings.rabbitmq.exchange, "1.0");
+    }
+
+    #[test]
+    fn fractional_number_is_rejected() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "1.5")]).unwrap_err();
+        assert_eq!(error.key, "server.max_body_bytes");
+    }
+
+    #[test]
+    fn booleans_parse_from_environment() {
+        let settings = load_env(&[("WEBHOOK_BRIDGE__RABBITMQ__DECLARE_QUEUES", "false")]).unwrap();
+        assert!(!settings.rabbitmq.declare_queues);
+    }
+
+    #[test]
+    fn section_variable_is_rejected_without_value() {
+        let error = load_env(&[
+            ("WEBHOOK_BRIDGE__REDIS", "redis://:hunter2@cache:6379"),
+            ("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX", "p:"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.key, "redis");
+        assert!(
+            error.message.contains("WEBHOOK_BRIDGE__REDIS__URL"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn section_as_string_in_file_hides_password() {
+        let path = write_temp_file("redis = \"redis://:hunter2@cache:6379\"\n");
+        let error = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap_err();
+        assert_eq!(error.key, "redis");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn toml_syntax_error_hides_password() {
+        let path = write_temp_file("[rabbitmq]\nurl = \"amqp://app:hunter2@mq:5672/%2f\n");
+        let error = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap_err();
+        assert_eq!(error.key, "--config");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let cases = [
+            ("SERVER__WORKERS", "100000", "server.workers"),
+            (
+                "SERVER__SHUTDOWN_TIMEOUT_SECS",
+                "0",
+                "server.shutdown_timeout_secs",
+            ),
+            (
+                "BROKER__PUBLISH_TIMEOUT_MS",
+                "18446744073709551615",
+                "broker.publish_timeout_ms",
+            ),
+            (
+                "REDIS__DEDUP_TTL_SECS",
+                "18446744073709551615",
+                "redis.dedup_ttl_secs",
+            ),
+            (
+                "SERVER__CLIENT_REQUEST_TIMEOUT_MS",
+                "0",
+                "server.client_request_timeout_ms",
+            ),
+            ("REDIS__URL", "redis://cache:1/notanumber", "redis.url"),
+            (
+                "RABBITMQ__URL",
+                "amqp://mq:5672/%2f?heartbeat=abc",
+                "rabbitmq.url",
+            ),
+        ];
+        for (name, value, key) in cases {
+            let name = format!("WEBHOOK_BRIDGE__{name}");
+            let error = load_env(&[(name.as_str(), value)]).unwrap_err();
+            assert_eq!(error.key, key, "{name}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_variant_lists_choices() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__REDIS__ON_UNAVAILABLE", "Publish")]).unwrap_err();
+        assert_eq!(error.key, "redis.on_unavailable");
+        assert!(error.message.contains("reject"), "{error}");
     }
 
     #[test]
@@ -543,17 +720,20 @@ mod tests {
         assert!(!format!("{settings:?}").contains("s3cr3t"));
     }
 
-    #[test]
-    fn file_layer_sits_under_environment() {
+    fn write_temp_file(contents: &str) -> std::path::PathBuf {
         let dir =
             std::env::temp_dir().join(format!("webhook-bridge-config-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bridge.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn file_layer_sits_under_environment() {
+        let path = write_temp_file(
             "[rabbitmq]\nexchange = \"from-file\"\n[redis]\nkey_prefix = \"file:\"\n",
-        )
-        .unwrap();
+        );
         let environment = HashMap::from([(
             "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX".to_owned(),
             "env:".to_owned(),
@@ -561,7 +741,6 @@ mod tests {
         let settings = Settings::load_from(Some(&path), Some(environment)).unwrap();
         assert_eq!(settings.rabbitmq.exchange, "from-file");
         assert_eq!(settings.redis.key_prefix, "env:");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

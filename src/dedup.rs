@@ -115,8 +115,14 @@ impl DedupStore {
                 return Ok(ClaimOutcome::Claimed(Claim { key, token }));
             }
             let current = self.get(&key).await?;
-            if current.as_deref() == Some(DONE) {
-                return Ok(ClaimOutcome::AlreadyDone);
+            match current.as_deref() {
+                Some(DONE) => return Ok(ClaimOutcome::AlreadyDone),
+                // A SET that was retried after a dropped connection may have succeeded the
+                // first time, leaving our own token behind.
+                Some(value) if value == token => {
+                    return Ok(ClaimOutcome::Claimed(Claim { key, token }));
+                }
+                _ => {}
             }
             if Instant::now() >= deadline {
                 return Ok(ClaimOutcome::StillPending);
@@ -131,65 +137,83 @@ impl DedupStore {
 
     /// Records a confirmed event for the dedup window.
     pub async fn mark_done(&self, claim: &Claim) -> Result<(), DedupError> {
-        let mut invocation = self.mark_done.key(&claim.key);
-        invocation
-            .arg(&claim.token)
-            .arg(self.dedup_ttl.as_millis() as u64);
-        let mut connection = self.connection.clone();
-        self.bounded(invocation.invoke_async::<i64>(&mut connection))
-            .await?;
+        let ttl_ms = self.dedup_ttl.as_millis() as u64;
+        self.run(|mut connection| async move {
+            self.mark_done
+                .key(&claim.key)
+                .arg(&claim.token)
+                .arg(ttl_ms)
+                .invoke_async::<i64>(&mut connection)
+                .await
+        })
+        .await?;
         Ok(())
     }
 
     /// Deletes the claim so that the provider's retry can publish the event.
     pub async fn release(&self, claim: &Claim) -> Result<(), DedupError> {
-        let mut invocation = self.release.key(&claim.key);
-        invocation.arg(&claim.token);
-        let mut connection = self.connection.clone();
-        self.bounded(invocation.invoke_async::<i64>(&mut connection))
-            .await?;
+        self.run(|mut connection| async move {
+            self.release
+                .key(&claim.key)
+                .arg(&claim.token)
+                .invoke_async::<i64>(&mut connection)
+                .await
+        })
+        .await?;
         Ok(())
     }
 
     /// Checks that Redis replies to a PING within the response timeout.
     pub async fn ping(&self) -> Result<(), DedupError> {
-        let mut connection = self.connection.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut connection))
-            .await?;
+        self.query::<String>(redis::cmd("PING")).await?;
         Ok(())
     }
 
     async fn try_set_pending(&self, key: &str, token: &str) -> Result<bool, DedupError> {
-        let mut connection = self.connection.clone();
-        let reply: Option<String> = self
-            .bounded(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.pending_ttl.as_millis() as u64)
-                    .query_async(&mut connection),
-            )
-            .await?;
+        let mut command = redis::cmd("SET");
+        command
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.pending_ttl.as_millis() as u64);
+        let reply: Option<String> = self.query(command).await?;
         Ok(reply.is_some())
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, DedupError> {
-        let mut connection = self.connection.clone();
-        self.bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
-            .await
+        let mut command = redis::cmd("GET");
+        command.arg(key);
+        self.query(command).await
     }
 
-    /// Applies the response timeout on top of the client's own, so that a reconnect in
-    /// progress cannot stretch one command.
-    async fn bounded<T>(
-        &self,
-        command: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, DedupError> {
-        match timeout(self.response_timeout, command).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(DedupError::Timeout(self.response_timeout)),
+    async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, DedupError> {
+        self.run(|mut connection| {
+            let command = &command;
+            async move { command.query_async(&mut connection).await }
+        })
+        .await
+    }
+
+    /// Runs `command` within the response timeout, on top of the client's own, so that a
+    /// reconnect in progress cannot stretch it. A command that failed because the connection
+    /// dropped (Redis restarted, for example) is sent once more on the new connection while
+    /// time remains. Every command here is safe to repeat.
+    async fn run<'a, T, Command, Reply>(&'a self, command: Command) -> Result<T, DedupError>
+    where
+        Command: Fn(ConnectionManager) -> Reply,
+        Reply: Future<Output = redis::RedisResult<T>> + 'a,
+    {
+        let deadline = Instant::now() + self.response_timeout;
+        let mut retried = false;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match timeout(remaining, command(self.connection.clone())).await {
+                Err(_) => return Err(DedupError::Timeout(self.response_timeout)),
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(error)) if !retried && error.is_connection_dropped() => retried = true,
+                Ok(Err(error)) => return Err(error.into()),
+            }
         }
     }
 }

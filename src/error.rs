@@ -16,8 +16,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("failed to read the request body: {0}")]
-    BodyRead(String),
+    #[error("the request body could not be read completely; send it again")]
+    BodyRead,
     #[error("request body was not received within {0:?}")]
     BodyTimeout(std::time::Duration),
     #[error(transparent)]
@@ -43,7 +43,7 @@ impl ApiError {
         match self {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::BodyRead(_) => "body_read_failed",
+            Self::BodyRead => "body_read_failed",
             Self::BodyTimeout(_) => "body_read_timeout",
             Self::Callback(CallbackError::Malformed(_)) => "invalid_json",
             Self::Callback(CallbackError::Invalid { .. }) => "invalid_payload",
@@ -60,6 +60,9 @@ impl ApiError {
         let (status, field, message) = match self {
             Self::Callback(CallbackError::Invalid { field, reason }) => {
                 ("rejected", Some(field.as_str()), reason.clone())
+            }
+            Self::UnsupportedMediaType(message) => {
+                ("rejected", Some("Content-Type"), message.clone())
             }
             Self::Unavailable { cause, .. } => {
                 let message = match cause {
@@ -89,7 +92,7 @@ impl ResponseError for ApiError {
         match self {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Callback(CallbackError::Malformed(_)) => StatusCode::BAD_REQUEST,
             Self::Callback(CallbackError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,

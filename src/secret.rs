@@ -62,6 +62,33 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Replaces the password of every `scheme://user:password@host` URL inside `text` by `***`,
+/// for error messages of libraries that quote the values they rejected. A URL runs to the
+/// next whitespace or quote, and everything between its first `:` and last `@` is hidden.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut output = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(index) = rest.find("://") {
+        let (before, after) = rest.split_at(index + 3);
+        output.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .unwrap_or(after.len());
+        let url = &after[..end];
+        match (url.find(':'), url.rfind('@')) {
+            (Some(colon), Some(at)) if colon < at => {
+                output.push_str(&url[..colon]);
+                output.push_str(":***");
+                output.push_str(&url[at..]);
+            }
+            _ => output.push_str(url),
+        }
+        rest = &after[end..];
+    }
+    output.push_str(rest);
+    output
+}
+
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(formatter, "{:?}", self.redacted())
@@ -117,6 +144,33 @@ mod tests {
         assert_eq!(redact_url("user:hunter2 at broker"), "<unparseable URL>");
         assert_eq!(redact_url("amqp:guest:hunter2@broker"), "<unparseable URL>");
         assert_eq!(redact_url("not a url hunter2"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn passwords_in_text_are_redacted() {
+        let cases = [
+            (
+                r#"invalid type: string "redis://:hunter2@cache:6379/0", expected struct"#,
+                r#"invalid type: string "redis://:***@cache:6379/0", expected struct"#,
+            ),
+            (
+                "url = \"amqp://app:hunter2@mq:5672/%2f\n",
+                "url = \"amqp://app:***@mq:5672/%2f\n",
+            ),
+            ("amqp://app:pa/ss@mq", "amqp://app:***@mq"),
+            (
+                "two amqp://a:x@h and redis://:y@r",
+                "two amqp://a:***@h and redis://:***@r",
+            ),
+            (
+                "no secret in http://host:80/path",
+                "no secret in http://host:80/path",
+            ),
+            ("user only amqp://app@mq/", "user only amqp://app@mq/"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact_urls_in(text), expected);
+        }
     }
 
     #[test]

@@ -30,6 +30,10 @@ const PERSISTENT: u8 = 2;
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
 
+/// Longest startup delay spent waiting for the first connection; HTTP (and `/healthz`)
+/// is not served until it ends.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
 /// How often the supervisor checks the channel between connection events.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -80,9 +84,9 @@ pub struct RabbitMqPublisher {
 }
 
 impl RabbitMqPublisher {
-    /// Starts the connection supervisor and waits up to `rabbitmq.connect_timeout_ms` for
-    /// the first connection. The bridge starts even when RabbitMQ is down; requests get 503
-    /// until the background reconnect succeeds.
+    /// Starts the connection supervisor and waits briefly for the first connection, so that
+    /// the first requests find it open. The bridge starts even when RabbitMQ is down, and
+    /// requests get 503 until the background reconnect succeeds.
     pub async fn start(settings: RabbitMqSettings, publish_timeout: Duration) -> Self {
         let (connected, mut connected_changes) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -95,7 +99,8 @@ impl RabbitMqPublisher {
         });
         tokio::spawn(supervise(shared.clone()));
 
-        let first_connect = Duration::from_millis(shared.settings.connect_timeout_ms);
+        let first_connect =
+            Duration::from_millis(shared.settings.connect_timeout_ms).min(FIRST_CONNECT_WAIT);
         if timeout(first_connect, connected_changes.wait_for(|up| *up))
             .await
             .is_err()

@@ -37,11 +37,13 @@ pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str) {
         .service(
             web::resource("/healthz")
                 .route(web::get().to(health::healthz))
+                .route(web::head().to(health::healthz))
                 .default_service(web::to(|| method_not_allowed("GET"))),
         )
         .service(
             web::resource("/readyz")
                 .route(web::get().to(health::readyz))
+                .route(web::head().to(health::readyz))
                 .default_service(web::to(|| method_not_allowed("GET"))),
         )
         .default_service(web::to(not_found));

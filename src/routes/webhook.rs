@@ -138,7 +138,10 @@ async fn read_body(
 
     let mut body = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|cause| ApiError::BodyRead(cause.to_string()))?;
+        let chunk = chunk.map_err(|cause| {
+            debug!("Reading the request body failed. cause={cause}");
+            ApiError::BodyRead
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }

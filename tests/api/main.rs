@@ -10,3 +10,4 @@ mod duplicates;
 mod failures;
 mod rejections;
 mod shutdown;
+mod tls;

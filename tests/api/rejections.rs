@@ -142,36 +142,52 @@ fn cases() -> Vec<Case> {
             "invalid_payload",
             Some("task_id"),
         ),
+        case(
+            "deep nesting",
+            &format!(
+                r#"{{"task_id":"t1","status":"failed","error_message":"x","z":{}{}}}"#,
+                "[".repeat(1000),
+                "]".repeat(1000)
+            ),
+            422,
+            "invalid_payload",
+            Some("body"),
+        ),
+        case(
+            "lone surrogate",
+            r#"{"task_id":"t1","status":"failed","error_message":"\udc00"}"#,
+            422,
+            "invalid_payload",
+            Some("body"),
+        ),
+        case(
+            "byte order mark",
+            "\u{FEFF}{\"task_id\":\"t1\",\"status\":\"failed\",\"error_message\":\"x\"}",
+            400,
+            "invalid_json",
+            None,
+        ),
     ];
     let valid = failed_body("t1");
-    cases.push(Case {
-        content_type: Some("text/plain"),
-        ..case("text/plain", &valid, 415, "unsupported_media_type", None)
-    });
-    cases.push(Case {
-        content_type: None,
-        ..case(
-            "no content type",
-            &valid,
-            415,
-            "unsupported_media_type",
-            None,
-        )
-    });
-    cases.push(Case {
-        content_type: Some("application/json; charset=latin1"),
-        ..case(
-            "latin1 charset",
-            &valid,
-            415,
-            "unsupported_media_type",
-            None,
-        )
-    });
-    cases.push(Case {
-        content_type: Some("application/x-www-form-urlencoded"),
-        ..case("form", "task_id=t1", 415, "unsupported_media_type", None)
-    });
+    let media_types = [
+        ("text/plain", Some("text/plain")),
+        ("no content type", None),
+        ("latin1 charset", Some("application/json; charset=latin1")),
+        ("form", Some("application/x-www-form-urlencoded")),
+        ("not a media type", Some("json")),
+    ];
+    for (name, content_type) in media_types {
+        cases.push(Case {
+            content_type,
+            ..case(
+                name,
+                &valid,
+                415,
+                "unsupported_media_type",
+                Some("Content-Type"),
+            )
+        });
+    }
     cases
 }
 

@@ -1,0 +1,264 @@
+//! Redis over TLS (`rediss://`): the bridge trusts the CA from `SSL_CERT_FILE` and claims
+//! events on a TLS-only Redis that the test starts itself.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|error| panic!("{program} runs: {error}"));
+    assert!(status.success(), "{program} {args:?} failed");
+}
+
+/// Creates a CA and a server certificate for localhost and 127.0.0.1 in `dir`.
+fn make_certificates(dir: &Path) {
+    run(
+        "openssl",
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        ]
+        .into_iter()
+        .chain(["-days", "1", "-subj", "/CN=webhook-bridge test CA"])
+        .collect::<Vec<_>>(),
+        dir,
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]
+        .into_iter()
+        .chain(["-subj", "/CN=localhost"])
+        .collect::<Vec<_>>(),
+        dir,
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+        ]
+        .into_iter()
+        .chain([
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ])
+        .collect::<Vec<_>>(),
+        dir,
+    );
+}
+
+struct TlsRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl TlsRedis {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("webhook-bridge-tls-{}", unique_task_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        make_certificates(&dir);
+        let port = free_port();
+        let port_text = port.to_string();
+        run(
+            "redis-server",
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--logfile",
+                "redis.log",
+            ],
+            &dir,
+        );
+        let redis = Self { port, dir };
+        let started = Instant::now();
+        while redis.cli(&["PING"]) != "PONG" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "TLS Redis started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["--tls", "--cacert", "ca.pem", "-p", &self.port.to_string()])
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.cli(&["SHUTDOWN", "NOSAVE"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_deduplicates() {
+    let redis = tokio::task::spawn_blocking(TlsRedis::start).await.unwrap();
+    let url = format!("rediss://localhost:{}", redis.port);
+    // rustls-native-certs reads the trusted roots from SSL_CERT_FILE when it is set, so the
+    // test's CA is trusted without touching the system store.
+    let certificate = redis.dir.join("ca.pem");
+    let port = free_port();
+    let settings = test_settings();
+    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+        .env("SSL_CERT_FILE", &certificate)
+        .env("WEBHOOK_BRIDGE__REDIS__URL", &url)
+        .env(
+            "WEBHOOK_BRIDGE__SERVER__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("WEBHOOK_BRIDGE__SERVER__WORKERS", "1")
+        .env(
+            "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX",
+            &settings.redis.key_prefix,
+        )
+        .env(
+            "WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE",
+            &settings.rabbitmq.exchange,
+        )
+        .env(
+            "WEBHOOK_BRIDGE__RABBITMQ__QUEUE_COMPLETED",
+            &settings.rabbitmq.queue_completed,
+        )
+        .env(
+            "WEBHOOK_BRIDGE__RABBITMQ__QUEUE_FAILED",
+            &settings.rabbitmq.queue_failed,
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|response| response.status() == 200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "bridge became ready over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let task_id = unique_task_id();
+    let body = failed_body(&task_id);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let response = http
+            .post(format!("{base}/webhook"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        statuses.push(answer["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["accepted", "duplicate"]);
+    let key = format!("{}{task_id}:failed", settings.redis.key_prefix);
+    assert_eq!(
+        redis.cli(&["GET", &key]),
+        "done",
+        "the key lives in the TLS Redis"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+
+    // Remove the exchange and queues that the bridge declared.
+    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for queue in [
+        &settings.rabbitmq.queue_completed,
+        &settings.rabbitmq.queue_failed,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            settings.rabbitmq.exchange.as_str().into(),
+            Default::default(),
+        )
+        .await;
+}
