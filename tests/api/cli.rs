@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use crate::helpers::*;
+
 fn run_with(variables: &[(&str, &str)]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
         .envs(variables.iter().copied())
@@ -51,17 +53,9 @@ fn missing_config_file_stops_startup() {
     assert!(log.contains("/nonexistent/webhook-bridge.toml"), "{log}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_logs_cause_without_password() {
-    let settings = crate::helpers::test_settings();
+    let settings = test_settings();
     let port = free_port();
     // Nothing listens on this port, so every connection attempt fails.
     let broker_url = format!("amqp://bridge:s3cret-pass@127.0.0.1:{}/%2f", free_port());
@@ -100,11 +94,11 @@ async fn unreachable_broker_logs_cause_without_password() {
     assert_eq!(body["broker"], "down");
     assert_eq!(body["redis"], "up");
 
-    let task_id = crate::helpers::unique_task_id();
+    let task_id = unique_task_id();
     let response = http
         .post(format!("{base}/webhook"))
         .header("content-type", "application/json")
-        .body(crate::helpers::completed_body(&task_id))
+        .body(completed_body(&task_id))
         .send()
         .await
         .unwrap();

@@ -104,10 +104,7 @@ async fn deleted_exchange_is_503_then_recovers() {
 async fn broker_down_is_fast_503_then_recovers() {
     let proxy = Proxy::start(AMQP_ADDRESS.parse().unwrap()).await;
     let app = spawn_app_with(|settings| {
-        settings.rabbitmq.url = webhook_bridge::secret::SecretUrl::new_unchecked(&format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
-            proxy.port()
-        ));
+        settings.rabbitmq.url = amqp_through(&proxy);
     })
     .await;
     assert_eq!(
@@ -145,10 +142,7 @@ async fn broker_down_is_fast_503_then_recovers() {
 async fn hung_broker_times_out_and_releases() {
     let proxy = Proxy::start(AMQP_ADDRESS.parse().unwrap()).await;
     let app = spawn_app_with(|settings| {
-        settings.rabbitmq.url = webhook_bridge::secret::SecretUrl::new_unchecked(&format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
-            proxy.port()
-        ));
+        settings.rabbitmq.url = amqp_through(&proxy);
     })
     .await;
 
@@ -176,10 +170,6 @@ async fn hung_broker_times_out_and_releases() {
     app.teardown().await;
 }
 
-fn redis_through(proxy: &Proxy) -> webhook_bridge::secret::SecretUrl {
-    webhook_bridge::secret::SecretUrl::new_unchecked(&format!("redis://127.0.0.1:{}", proxy.port()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_is_503_then_recovers() {
     let proxy = Proxy::start(REDIS_ADDRESS.parse().unwrap()).await;
@@ -194,12 +184,7 @@ async fn redis_down_is_503_then_recovers() {
     proxy.set(Mode::Refuse);
     let body = completed_body(&unique_task_id());
     assert_unavailable(app.post_callback(&body).await, "dedup_unavailable").await;
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     assert_eq!(response_json(ready).await["redis"], "down");
     assert_eq!(

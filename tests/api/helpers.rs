@@ -134,6 +134,15 @@ impl TestApp {
         request.send().await.expect("request reaches the bridge")
     }
 
+    /// Sends `GET <path>` to the bridge.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request reaches the bridge")
+    }
+
     pub fn completed_queue(&self) -> &str {
         &self.settings.rabbitmq.queue_completed
     }
@@ -249,25 +258,7 @@ impl TestApp {
     /// Stops the bridge and removes the test's queues, exchange and keys.
     pub async fn teardown(self) {
         self.stop().await;
-        let settings = &self.settings.rabbitmq;
-        for queue in [&settings.queue_completed, &settings.queue_failed] {
-            let _ = self
-                .amqp
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = self
-            .amqp
-            .exchange_delete(
-                settings.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let keys = self.keys().await;
-        if !keys.is_empty() {
-            let mut redis = self.redis.clone();
-            let _: () = redis.del(keys).await.unwrap();
-        }
+        remove_test_data(&self.settings).await;
         let _ = self.amqp_connection.close(200, "OK".into()).await;
     }
 }
@@ -290,4 +281,102 @@ pub fn unique_task_id() -> String {
 
 pub async fn response_json(response: reqwest::Response) -> Value {
     response.json().await.expect("JSON answer")
+}
+
+/// Returns a loopback port that was free a moment ago, for a bridge process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// RabbitMQ URL through `proxy`.
+pub fn amqp_through(proxy: &crate::proxy::Proxy) -> webhook_bridge::secret::SecretUrl {
+    webhook_bridge::secret::SecretUrl::new_unchecked(&format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        proxy.port()
+    ))
+}
+
+/// Redis URL through `proxy`.
+pub fn redis_through(proxy: &crate::proxy::Proxy) -> webhook_bridge::secret::SecretUrl {
+    webhook_bridge::secret::SecretUrl::new_unchecked(&format!("redis://127.0.0.1:{}", proxy.port()))
+}
+
+/// Environment that points a bridge process at the test's own exchange, queues and key
+/// prefix, listening on `port`.
+pub fn bridge_environment(settings: &Settings, port: u16) -> Vec<(String, String)> {
+    [
+        ("SERVER__LISTEN", format!("127.0.0.1:{port}")),
+        ("SERVER__WORKERS", "2".to_owned()),
+        ("SERVER__SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
+        ("REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
+        ("RABBITMQ__EXCHANGE", settings.rabbitmq.exchange.clone()),
+        (
+            "RABBITMQ__QUEUE_COMPLETED",
+            settings.rabbitmq.queue_completed.clone(),
+        ),
+        (
+            "RABBITMQ__QUEUE_FAILED",
+            settings.rabbitmq.queue_failed.clone(),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (format!("WEBHOOK_BRIDGE__{key}"), value))
+    .collect()
+}
+
+/// Polls `base`/readyz until a bridge process answers 200, for at most 15 seconds.
+pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
+    let started = Instant::now();
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|response| response.status() == 200) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "bridge at {base} became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deletes the queues, exchange and Redis keys of `settings`, for tests whose bridge ran as a
+/// separate process or has already stopped.
+pub async fn remove_test_data(settings: &Settings) {
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("test connection to RabbitMQ");
+    let channel = connection.create_channel().await.unwrap();
+    let rabbitmq = &settings.rabbitmq;
+    for queue in [&rabbitmq.queue_completed, &rabbitmq.queue_failed] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            rabbitmq.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "OK".into()).await;
+
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("test connection to Redis");
+    let pattern = format!("{}*", settings.redis.key_prefix);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await.unwrap();
+    }
 }

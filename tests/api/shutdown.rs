@@ -2,9 +2,9 @@
 //! with a 2xx is in the broker.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::helpers::*;
@@ -16,10 +16,7 @@ async fn stop_lets_in_flight_requests_finish() {
     let app = spawn_app_with(|settings| {
         settings.broker.publish_timeout_ms = 5_000;
         settings.redis.pending_ttl_ms = 20_000;
-        settings.rabbitmq.url = webhook_bridge::secret::SecretUrl::new_unchecked(&format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
-            proxy.port()
-        ));
+        settings.rabbitmq.url = amqp_through(&proxy);
     })
     .await;
 
@@ -43,60 +40,9 @@ async fn stop_lets_in_flight_requests_finish() {
         assert_eq!(response.status(), 200, "in-flight request finished");
     }
     assert_eq!(app.drain(app.completed_queue()).await.len(), 10);
-    let queues = (
-        app.completed_queue().to_owned(),
-        app.failed_queue().to_owned(),
-    );
     let settings = app.settings.clone();
-    let amqp = app.amqp.clone();
-    let keys = app.keys().await;
-    let mut redis = app.redis.clone();
     assert!(app.join().await.is_ok(), "server stopped cleanly");
-
-    // The server is gone, so clean up by hand.
-    for queue in [queues.0, queues.1] {
-        let _ = amqp
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = amqp
-        .exchange_delete(
-            settings.rabbitmq.exchange.into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
-    let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
-}
-
-/// Environment that points the binary at the test's own exchange, queues and key prefix.
-fn environment(settings: &webhook_bridge::Settings, port: u16) -> Vec<(String, String)> {
-    [
-        ("SERVER__LISTEN", format!("127.0.0.1:{port}")),
-        ("SERVER__WORKERS", "2".to_owned()),
-        ("SERVER__SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
-        ("REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
-        ("RABBITMQ__EXCHANGE", settings.rabbitmq.exchange.clone()),
-        (
-            "RABBITMQ__QUEUE_COMPLETED",
-            settings.rabbitmq.queue_completed.clone(),
-        ),
-        (
-            "RABBITMQ__QUEUE_FAILED",
-            settings.rabbitmq.queue_failed.clone(),
-        ),
-        ("RABBITMQ__URL", AMQP_URL.to_owned()),
-    ]
-    .into_iter()
-    .map(|(key, value)| (format!("WEBHOOK_BRIDGE__{key}"), value))
-    .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    remove_test_data(&settings).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +50,7 @@ async fn sigterm_loses_no_accepted_event() {
     let settings = test_settings();
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
-        .envs(environment(&settings, port))
+        .envs(bridge_environment(&settings, port))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -114,18 +60,7 @@ async fn sigterm_loses_no_accepted_event() {
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    loop {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|response| response.status() == 200) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "bridge became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_ready(&http, &base).await;
 
     // Load that keeps running while SIGTERM arrives.
     let load = (0..8).map(|_| {
@@ -208,32 +143,5 @@ async fn sigterm_loses_no_accepted_event() {
         "{published} published for {accepted} accepted"
     );
 
-    for queue in [
-        &settings.rabbitmq.queue_completed,
-        &settings.rabbitmq.queue_failed,
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            settings.rabbitmq.exchange.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let pattern = format!("{}*", settings.redis.key_prefix);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
-    }
+    remove_test_data(&settings).await;
 }

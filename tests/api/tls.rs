@@ -7,14 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(program: &str, args: &[&str], dir: &Path) {
     let status = Command::new(program)
         .args(args)
@@ -167,47 +159,16 @@ async fn redis_over_tls_deduplicates() {
     let port = free_port();
     let settings = test_settings();
     let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+        .envs(bridge_environment(&settings, port))
         .env("SSL_CERT_FILE", &certificate)
         .env("WEBHOOK_BRIDGE__REDIS__URL", &url)
-        .env(
-            "WEBHOOK_BRIDGE__SERVER__LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .env("WEBHOOK_BRIDGE__SERVER__WORKERS", "1")
-        .env(
-            "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX",
-            &settings.redis.key_prefix,
-        )
-        .env(
-            "WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE",
-            &settings.rabbitmq.exchange,
-        )
-        .env(
-            "WEBHOOK_BRIDGE__RABBITMQ__QUEUE_COMPLETED",
-            &settings.rabbitmq.queue_completed,
-        )
-        .env(
-            "WEBHOOK_BRIDGE__RABBITMQ__QUEUE_FAILED",
-            &settings.rabbitmq.queue_failed,
-        )
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    loop {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|response| response.status() == 200) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "bridge became ready over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_ready(&http, &base).await;
 
     let task_id = unique_task_id();
     let body = failed_body(&task_id);
@@ -242,23 +203,5 @@ async fn redis_over_tls_deduplicates() {
         .unwrap();
     assert!(output.status.success());
 
-    // Remove the exchange and queues that the bridge declared.
-    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    for queue in [
-        &settings.rabbitmq.queue_completed,
-        &settings.rabbitmq.queue_failed,
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            settings.rabbitmq.exchange.as_str().into(),
-            Default::default(),
-        )
-        .await;
+    remove_test_data(&settings).await;
 }
