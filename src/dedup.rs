@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{Client, Script};
+use redis::{Client, IntoConnectionInfo, Script};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::config::RedisSettings;
@@ -80,7 +80,14 @@ impl DedupStore {
     /// Creates the store. The connection opens on first use, so the bridge starts (and
     /// reports not ready) while Redis is down, and reconnects after Redis restarts.
     pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
-        let client = Client::open(settings.url.expose())?;
+        // Nagle's algorithm would hold back the small command packets of concurrent requests.
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let info = settings
+            .url
+            .expose()
+            .into_connection_info()?
+            .set_tcp_settings(tcp);
+        let client = Client::open(info)?;
         let connection_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
             .set_response_timeout(Some(settings.response_timeout()))

@@ -87,6 +87,7 @@ impl Application {
                 .wrap(Condition::new(server_settings.access_log, access_log))
                 .configure(|config| routes::configure(config, &webhook_path))
         })
+        .tcp_nodelay(true)
         .client_request_timeout(Duration::from_millis(
             settings.server.client_request_timeout_ms,
         ))
