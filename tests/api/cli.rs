@@ -134,3 +134,43 @@ async fn unreachable_broker_logs_cause_without_password() {
         "the password never reaches the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_cleanly() {
+    let settings = test_settings();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+        .envs(bridge_environment(&settings, port))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ready(&http, &base).await;
+
+    let response = http
+        .post(format!("{base}/webhook"))
+        .header("content-type", "application/json")
+        .body(completed_body(&unique_task_id()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("SIGINT received"), "{log}");
+    assert!(log.contains("RabbitMQ connection closed."), "{log}");
+    assert!(log.contains("Stopped."), "{log}");
+    remove_test_data(&settings).await;
+}

@@ -1,4 +1,4 @@
-//! When Redis or RabbitMQ fails, is down or hangs, the answer is 503 with Retry-After, the
+//! When Redis or RabbitMQ fails, is down or hangs, the response is 503 with Retry-After, the
 //! dedup claim is gone, and the provider's retry publishes the event once.
 
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use lapin::types::FieldTable;
 use crate::helpers::*;
 use crate::proxy::{Mode, Proxy};
 
-/// Posts `body` until it is accepted, for at most `limit`; every other answer must be 503.
+/// Posts `body` until it is accepted, for at most `limit`. Every other response must be 503.
 async fn retry_until_accepted(app: &TestApp, body: &str, limit: Duration) {
     let started = Instant::now();
     loop {
@@ -240,5 +240,53 @@ async fn redis_down_can_publish_without_dedup() {
     assert_eq!(response.status(), 200);
     assert_eq!(response_json(response).await["status"], "accepted");
     assert_eq!(app.drain(app.failed_queue()).await.len(), 1);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_exchange_is_503_until_created() {
+    let app = spawn_app_with(|settings| {
+        settings.rabbitmq.declare_exchange = false;
+        settings.rabbitmq.declare_queues = false;
+    })
+    .await;
+    let task_id = unique_task_id();
+    let body = completed_body(&task_id);
+
+    assert_unavailable(app.post_callback(&body).await, "broker_unavailable").await;
+    assert_eq!(
+        app.pttl(&app.dedup_key(&task_id, "completed")).await,
+        -2,
+        "claim released"
+    );
+
+    // The operator creates the topology; the bridge itself declares nothing.
+    let exchange = app.settings.rabbitmq.exchange.as_str();
+    app.amqp
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    app.declare_queue(app.completed_queue()).await;
+    app.amqp
+        .queue_bind(
+            app.completed_queue().into(),
+            exchange.into(),
+            "task.completed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    retry_until_accepted(&app, &body, Duration::from_secs(10)).await;
+    assert_eq!(app.drain(app.completed_queue()).await.len(), 1);
     app.teardown().await;
 }

@@ -6,6 +6,7 @@ mod proxy;
 
 mod callbacks;
 mod cli;
+mod dedup;
 mod duplicates;
 mod failures;
 mod rejections;
