@@ -1,8 +1,10 @@
 //! Exactly-once forwarding within the dedup window: claim the event in Redis, publish it,
 //! then mark it done, or release the claim so that the provider's retry goes through.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use log::{error, warn};
 
 use crate::config::OnRedisUnavailable;
@@ -82,7 +84,17 @@ impl Delivery {
             Err(cause) => return Err(cause.into()),
         };
 
-        if let Err(cause) = self.publisher.publish(event).await {
+        // A panic inside a broker client must not leave the claim behind: it would turn every
+        // retry into 503 until the claim expires.
+        let published = AssertUnwindSafe(self.publisher.publish(event))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::Broker(
+                    "the broker client panicked".to_owned(),
+                ))
+            });
+        if let Err(cause) = published {
             if let Some(claim) = &claim
                 && let Err(release_error) = self.dedup.release(claim).await
             {

@@ -3,7 +3,7 @@
 //! link is down, publishes fail at once so that requests get a fast 503.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,12 +12,13 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use log::{error, info, warn};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use super::{PublishError, Publisher};
@@ -81,6 +82,8 @@ impl Shared {
 pub struct RabbitMqPublisher {
     shared: Arc<Shared>,
     publish_timeout: Duration,
+    /// The connection supervisor, awaited on shutdown while it closes the link.
+    supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RabbitMqPublisher {
@@ -97,7 +100,7 @@ impl RabbitMqPublisher {
             stop: Notify::new(),
             connected,
         });
-        tokio::spawn(supervise(shared.clone()));
+        let supervisor = tokio::spawn(supervise(shared.clone()));
 
         let first_connect =
             Duration::from_millis(shared.settings.connect_timeout_ms).min(FIRST_CONNECT_WAIT);
@@ -113,17 +116,23 @@ impl RabbitMqPublisher {
         Self {
             shared,
             publish_timeout,
+            supervisor: Mutex::new(Some(supervisor)),
         }
     }
 
     fn properties(&self, event: &Event) -> BasicProperties {
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_content_type(CLOUDEVENTS_CONTENT_TYPE.into())
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(event.id.clone().into())
             .with_type(event.event_type.as_str().into())
             .with_timestamp(event.unix_time())
-            .with_app_id(self.shared.settings.app_id.clone().into())
+            .with_app_id(self.shared.settings.app_id.clone().into());
+        // AMQP short strings hold at most 255 bytes, and a task id of 256 characters can
+        // exceed that. The id is always in the CloudEvents document itself.
+        match ShortString::try_new(event.id.as_str()) {
+            Ok(message_id) => properties.with_message_id(message_id),
+            Err(_) => properties,
+        }
     }
 }
 
@@ -182,21 +191,16 @@ impl Publisher for RabbitMqPublisher {
     async fn shutdown(&self, limit: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.stop.notify_one();
-        let Some(link) = self.shared.current_link() else {
-            return;
-        };
-        self.shared.set_link(None);
-        let close = async {
-            if let Err(cause) = link.channel.close(REPLY_SUCCESS, "OK".into()).await {
-                warn!("Closing the RabbitMQ channel failed. cause={cause}");
-            }
-            if let Err(cause) = link.connection.close(REPLY_SUCCESS, "OK".into()).await {
-                warn!("Closing the RabbitMQ connection failed. cause={cause}");
-            }
-        };
-        match timeout(limit, close).await {
-            Ok(()) => info!("RabbitMQ connection closed."),
-            Err(_) => warn!("RabbitMQ connection did not close within {limit:?}."),
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        // The supervisor owns the link and closes it once it sees the stop.
+        if let Some(supervisor) = supervisor
+            && timeout(limit, supervisor).await.is_err()
+        {
+            warn!("RabbitMQ connection did not close within {limit:?}.");
         }
     }
 
@@ -228,15 +232,7 @@ async fn supervise(shared: Arc<Shared>) {
                 wait_for_loss(&shared, &link).await;
                 shared.set_link(None);
                 if shared.stopping.load(Ordering::SeqCst) {
-                    // Shutdown may have begun while this link was still being opened, before
-                    // `shutdown` could see and close it.
-                    if link.connection.status().connected() {
-                        let _ = timeout(
-                            connect_timeout,
-                            link.connection.close(REPLY_SUCCESS, "OK".into()),
-                        )
-                        .await;
-                    }
+                    close_link(&link).await;
                     break;
                 }
                 error!(
@@ -268,6 +264,22 @@ async fn supervise(shared: Arc<Shared>) {
         }
         delay = (delay * 2).min(max_delay);
     }
+}
+
+/// Closes the channel, then the connection, as a clean AMQP shutdown.
+async fn close_link(link: &Link) {
+    if link.channel.status().connected()
+        && let Err(cause) = link.channel.close(REPLY_SUCCESS, "OK".into()).await
+    {
+        warn!("Closing the RabbitMQ channel failed. cause={cause}");
+    }
+    if link.connection.status().connected()
+        && let Err(cause) = link.connection.close(REPLY_SUCCESS, "OK".into()).await
+    {
+        warn!("Closing the RabbitMQ connection failed. cause={cause}");
+        return;
+    }
+    info!("RabbitMQ connection closed.");
 }
 
 /// Returns when the link breaks or shutdown begins.

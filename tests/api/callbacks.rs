@@ -172,3 +172,57 @@ async fn health_endpoints_answer() {
     assert_eq!(body["broker"], "up");
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_task_ids_are_published() {
+    let app = spawn_app().await;
+    let suffix = &unique_task_id()[..8];
+    // 256 characters: 256 bytes in ASCII, 512 bytes in two-byte characters. Both make event
+    // ids longer than an AMQP short string (255 bytes).
+    let ascii = format!("{suffix}{}", "b".repeat(248));
+    let accented = format!("{suffix}{}", "é".repeat(248));
+    for task_id in [&ascii, &accented] {
+        assert_eq!(task_id.chars().count(), 256);
+        let response = app.post_callback(&completed_body(task_id)).await;
+        assert_eq!(response.status(), 200, "{} bytes", task_id.len());
+        assert_eq!(response_json(response).await["status"], "accepted");
+    }
+
+    let messages = app.drain(app.completed_queue()).await;
+    assert_eq!(messages.len(), 2);
+    for (message, task_id) in messages.iter().zip([&ascii, &accented]) {
+        assert_eq!(
+            message.properties.message_id(),
+            &None,
+            "too long for message_id"
+        );
+        let event = message.json();
+        assert_eq!(event["id"], format!("{task_id}:completed"));
+        assert_eq!(event["subject"], task_id.as_str());
+    }
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_id_fits_up_to_255_bytes() {
+    let app = spawn_app().await;
+    // "<task_id>:failed" is exactly 255 bytes.
+    let task_id = format!("{}{}", &unique_task_id()[..8], "f".repeat(255 - 7 - 8));
+    assert_eq!(
+        app.post_callback(&failed_body(&task_id)).await.status(),
+        200
+    );
+    let messages = app.drain(app.failed_queue()).await;
+    assert_eq!(messages.len(), 1);
+    let event_id = format!("{task_id}:failed");
+    assert_eq!(event_id.len(), 255);
+    assert_eq!(
+        messages[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some(event_id.as_str())
+    );
+    app.teardown().await;
+}

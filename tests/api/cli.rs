@@ -170,6 +170,7 @@ async fn sigint_stops_cleanly() {
     assert!(output.status.success(), "exit status {:?}", output.status);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("SIGINT received"), "{log}");
+    assert!(!log.contains("WARN"), "a clean stop logs no warning: {log}");
     assert!(log.contains("RabbitMQ connection closed."), "{log}");
     assert!(log.contains("Stopped."), "{log}");
     remove_test_data(&settings).await;
