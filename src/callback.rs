@@ -82,10 +82,18 @@ fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180E}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
             | '\u{FFF9}'..='\u{FFFB}'
     )
 }
@@ -124,30 +132,39 @@ pub struct Callback {
 /// decoded, so unusual values elsewhere (huge numbers, deep nesting) cannot fail parsing.
 #[derive(Deserialize)]
 struct WireCallback<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     task_id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     status: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     error_message: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct WireData<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     video_url: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     image_url: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     audio_url: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     video_urls: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     image_urls: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     audio_urls: Option<&'a RawValue>,
+}
+
+/// Reads a field that is present, `null` included, so that `"video_url": null` is reported
+/// as a wrong type rather than as a missing field.
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 impl WireData<'_> {
@@ -428,7 +445,7 @@ mod tests {
             (r#"{"status":"failed","error_message":"x"}"#, "is required"),
             (
                 r#"{"task_id":null,"status":"failed","error_message":"x"}"#,
-                "is required",
+                "must be a string",
             ),
             (
                 r#"{"task_id":7,"status":"failed","error_message":"x"}"#,
@@ -536,6 +553,14 @@ mod tests {
     }
 
     #[test]
+    fn null_output_names_its_field() {
+        let (field, reason) =
+            invalid(r#"{"task_id":"t","status":"completed","data":{"video_url":null}}"#);
+        assert_eq!(field, "data.video_url");
+        assert_eq!(reason, "must be a string");
+    }
+
+    #[test]
     fn url_length_is_capped() {
         let url = format!("https://cdn.example.com/{}", "a".repeat(MAX_URL_BYTES));
         let body =
@@ -606,7 +631,14 @@ mod tests {
 
     #[test]
     fn invisible_task_id_characters_are_rejected() {
-        for id in ["a\u{200B}b", "a\u{202E}b", "\u{FEFF}a", "a\u{2066}"] {
+        for id in [
+            "a\u{200B}b",
+            "a\u{202E}b",
+            "\u{FEFF}a",
+            "a\u{2066}",
+            "a\u{180E}b",
+            "a\u{034F}b",
+        ] {
             let error = TaskId::parse(id.to_owned()).unwrap_err();
             assert!(error.to_string().contains("invisible"), "{id:?}: {error}");
         }

@@ -12,8 +12,12 @@ use crate::delivery::DeliveryError;
 /// A request that was not forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{0}")]
-    UnsupportedMediaType(String),
+    /// The body's media type or content coding is not plain JSON; `header` names the header.
+    #[error("{message}")]
+    UnsupportedMediaType {
+        header: &'static str,
+        message: String,
+    },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read completely; send it again")]
@@ -41,7 +45,7 @@ struct ErrorBody<'a> {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyRead => "body_read_failed",
             Self::BodyTimeout(_) => "body_read_timeout",
@@ -61,8 +65,8 @@ impl ApiError {
             Self::Callback(CallbackError::Invalid { field, reason }) => {
                 ("rejected", Some(field.as_str()), reason.clone())
             }
-            Self::UnsupportedMediaType(message) => {
-                ("rejected", Some("Content-Type"), message.clone())
+            Self::UnsupportedMediaType { header, message } => {
+                ("rejected", Some(*header), message.clone())
             }
             Self::Unavailable { cause, .. } => {
                 let message = match cause {
@@ -90,7 +94,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -63,17 +63,23 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Replaces the password of every `scheme://user:password@host` URL inside `text` by `***`,
-/// for error messages of libraries that quote the values they rejected. A URL runs to the
-/// next whitespace or quote, and everything between its first `:` and last `@` is hidden.
+/// for error messages of libraries that quote the values they rejected. A password may
+/// contain quotes or spaces, so a URL is taken to run to the next URL or line end, and
+/// everything between its first `:` and its last `@` is hidden. That can hide more than
+/// the password, never less.
 pub fn redact_urls_in(text: &str) -> String {
     let mut output = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(index) = rest.find("://") {
         let (before, after) = rest.split_at(index + 3);
         output.push_str(before);
-        let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
-            .unwrap_or(after.len());
+        let line_end = after.find('\n').unwrap_or(after.len());
+        let end = after[..line_end].find("://").map_or(line_end, |next| {
+            // Stop before the scheme of the next URL, at the space or quote in front of it.
+            after[..next]
+                .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+                .unwrap_or(next)
+        });
         let url = &after[..end];
         match (url.find(':'), url.rfind('@')) {
             (Some(colon), Some(at)) if colon < at => {
@@ -158,6 +164,15 @@ mod tests {
                 "url = \"amqp://app:***@mq:5672/%2f\n",
             ),
             ("amqp://app:pa/ss@mq", "amqp://app:***@mq"),
+            (
+                "2 | url = 'amqp://app:pa\"SECRET@127.0.0.1:5672/%2f' x",
+                "2 | url = 'amqp://app:***@127.0.0.1:5672/%2f' x",
+            ),
+            ("amqp://app:with space@mq/", "amqp://app:***@mq/"),
+            (
+                "line amqp://a:x@h\nnext user@host",
+                "line amqp://a:***@h\nnext user@host",
+            ),
             (
                 "two amqp://a:x@h and redis://:y@r",
                 "two amqp://a:***@h and redis://:***@r",

@@ -86,10 +86,22 @@ pub async fn receive_callback(
     }
 }
 
-/// Accepts `application/json` and `application/*+json`, with no charset or UTF-8.
+/// Accepts `application/json` and `application/*+json`, with no charset or UTF-8, and no
+/// content coding: a compressed body would otherwise be rejected as invalid JSON.
 fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+    if let Some(coding) = request.headers().get(header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("").trim();
+        if !coding.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedMediaType {
+                header: "Content-Encoding",
+                message: format!(
+                    "Content-Encoding {coding} is not supported; send the JSON uncompressed"
+                ),
+            });
+        }
+    }
     let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
-        return Err(ApiError::UnsupportedMediaType(
+        return Err(media_type_error(
             "Content-Type header is missing; send application/json".to_owned(),
         ));
     };
@@ -98,14 +110,14 @@ fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
         .ok()
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| {
-            ApiError::UnsupportedMediaType(
+            media_type_error(
                 "Content-Type header is not a valid media type; send application/json".to_owned(),
             )
         })?;
     let is_json = media_type.type_() == mime::APPLICATION
         && (media_type.subtype() == mime::JSON || media_type.suffix() == Some(mime::JSON));
     if !is_json {
-        return Err(ApiError::UnsupportedMediaType(format!(
+        return Err(media_type_error(format!(
             "Content-Type {} is not supported; send application/json",
             media_type.essence_str()
         )));
@@ -113,7 +125,7 @@ fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
     if let Some(charset) = media_type.get_param(mime::CHARSET)
         && charset != mime::UTF_8
     {
-        return Err(ApiError::UnsupportedMediaType(format!(
+        return Err(media_type_error(format!(
             "charset {charset} is not supported; JSON must be UTF-8"
         )));
     }
@@ -152,4 +164,11 @@ async fn read_body(
 
 fn log_rejection(cause: &CallbackError) {
     debug!("Rejected callback. cause={cause}");
+}
+
+fn media_type_error(message: impl Into<String>) -> ApiError {
+    ApiError::UnsupportedMediaType {
+        header: "Content-Type",
+        message: message.into(),
+    }
 }

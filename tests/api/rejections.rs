@@ -338,3 +338,29 @@ async fn slow_body_is_408() {
     assert_eq!(app.drain_all().await, 0);
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_body_is_415() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.webhook_url())
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(failed_body(&unique_task_id()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let answer = response_json(response).await;
+    assert_eq!(answer["field"], "Content-Encoding");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Encoding gzip")
+    );
+    assert!(app.keys().await.is_empty());
+    assert_eq!(app.drain_all().await, 0);
+    app.teardown().await;
+}

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::{SecretUrl, redact_urls_in};
 
+mod strict;
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";
 
@@ -50,18 +52,25 @@ pub struct ServerSettings {
     /// Path of the callback endpoint.
     pub webhook_path: String,
     /// Largest accepted request body in bytes, counted on the bytes received.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub max_body_bytes: usize,
     /// Number of HTTP worker threads; 0 means one per CPU core.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub workers: usize,
     /// Time allowed to read the request head before the connection is closed (408).
+    #[serde(deserialize_with = "strict::whole_number")]
     pub client_request_timeout_ms: u64,
     /// Time allowed to read the request body, from the end of the head (408 when exceeded).
+    #[serde(deserialize_with = "strict::whole_number")]
     pub body_read_timeout_ms: u64,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub shutdown_timeout_secs: u64,
     /// Value of the `Retry-After` header on 503 responses, in seconds.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub retry_after_secs: u64,
     /// Whether to log one line per request (method, path without query string, status).
+    #[serde(deserialize_with = "strict::boolean")]
     pub access_log: bool,
 }
 
@@ -107,6 +116,7 @@ pub struct BrokerSettings {
     /// The broker that events are published to.
     pub kind: BrokerKind,
     /// How long a publish may take, confirmation included, before it counts as failed.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub publish_timeout_ms: u64,
 }
 
@@ -159,14 +169,19 @@ pub struct RedisSettings {
     /// Prefix of every dedup key; the key is `<prefix><task_id>:<status>`.
     pub key_prefix: String,
     /// Time allowed to open a connection.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub connect_timeout_ms: u64,
     /// Time allowed for one Redis command, round trip included.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub response_timeout_ms: u64,
     /// Lifetime of a claim while its event is being published; covers a crashed bridge.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub pending_ttl_ms: u64,
     /// Maximum time a re-delivery waits for a concurrent request that owns the claim.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub pending_wait_ms: u64,
     /// Lifetime of the record of a published event: the dedup window.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub dedup_ttl_secs: u64,
     /// Behaviour when Redis is down or too slow: `reject` (503) or `publish` (no dedup).
     pub on_unavailable: OnRedisUnavailable,
@@ -196,8 +211,10 @@ pub struct RabbitMqSettings {
     /// Durable topic exchange that events are published to.
     pub exchange: String,
     /// Whether to declare the exchange at connection time.
+    #[serde(deserialize_with = "strict::boolean")]
     pub declare_exchange: bool,
     /// Whether to declare the two durable queues and bind them to the exchange.
+    #[serde(deserialize_with = "strict::boolean")]
     pub declare_queues: bool,
     /// Queue bound to routing key `task.completed`.
     pub queue_completed: String,
@@ -206,10 +223,13 @@ pub struct RabbitMqSettings {
     /// `app_id` property of every published message.
     pub app_id: String,
     /// Time allowed to connect, open the channel and declare the topology.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub connect_timeout_ms: u64,
     /// First delay between reconnection attempts; it doubles up to the maximum.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub reconnect_min_delay_ms: u64,
     /// Largest delay between reconnection attempts.
+    #[serde(deserialize_with = "strict::whole_number")]
     pub reconnect_max_delay_ms: u64,
 }
 
@@ -271,7 +291,7 @@ impl ConfigError {
 impl Settings {
     /// Loads the configuration from the defaults, the optional file and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, None)
+        Self::load_from(file, Some(bridge_variables(std::env::vars_os())?))
     }
 
     /// Loads the configuration with `environment` in place of the process environment.
@@ -279,8 +299,8 @@ impl Settings {
         file: Option<&Path>,
         environment: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let environment = environment.unwrap_or_else(|| std::env::vars().collect());
-        reject_section_variables(&environment)?;
+        let environment = environment.unwrap_or_default();
+        check_variable_names(&environment)?;
 
         let mut builder = config::Config::builder();
         if let Some(path) = file {
@@ -315,8 +335,12 @@ impl Settings {
         require_duration_ms("broker.publish_timeout_ms", self.broker.publish_timeout_ms)?;
         self.redis.validate(&self.broker)?;
         self.rabbitmq.validate()?;
-        if self.event.source.trim().is_empty() {
-            return Err(ConfigError::new("event.source", "must not be empty"));
+        let source = &self.event.source;
+        if source.is_empty() || source.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                "event.source",
+                "must be a non-empty URI reference without spaces, such as urn:acme:video-provider",
+            ));
         }
         Ok(())
     }
@@ -327,20 +351,52 @@ impl Settings {
     }
 }
 
-/// Rejects variables such as `WEBHOOK_BRIDGE__REDIS=...` that name a whole section: the
-/// config crate would drop them silently when a key of the section is also set.
-fn reject_section_variables(environment: &HashMap<String, String>) -> Result<(), ConfigError> {
+/// Collects the variables whose names start with `WEBHOOK_BRIDGE` in any case. Other
+/// variables are skipped unread, so one that is not valid Unicode cannot stop the bridge.
+pub fn bridge_variables(
+    variables: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut selected = HashMap::new();
+    for (name, value) in variables {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !name.to_uppercase().starts_with(ENV_PREFIX) {
+            continue;
+        }
+        let Some(value) = value.to_str() else {
+            return Err(ConfigError::new(
+                name,
+                "the value of this environment variable is not valid UTF-8",
+            ));
+        };
+        selected.insert(name.to_owned(), value.to_owned());
+    }
+    Ok(selected)
+}
+
+/// Rejects variable names that the config crate would misread or drop without a word:
+/// a missing double underscore after the prefix (`WEBHOOK_BRIDGE_REDIS__URL`), and a
+/// variable that names a whole section (`WEBHOOK_BRIDGE__REDIS=...`), which is dropped
+/// when a key of the section is also set.
+fn check_variable_names(environment: &HashMap<String, String>) -> Result<(), ConfigError> {
     let prefix = format!("{ENV_PREFIX}__");
     for name in environment.keys() {
-        let Some(key) = name.strip_prefix(&prefix) else {
+        let upper = name.to_uppercase();
+        if !upper.starts_with(ENV_PREFIX) {
             continue;
+        }
+        let Some(key) = upper.strip_prefix(&prefix) else {
+            return Err(ConfigError::new(
+                name,
+                format!("bridge settings start with {prefix} (two underscores after the prefix)"),
+            ));
         };
         if !key.contains("__") {
             return Err(ConfigError::new(
                 &key.to_lowercase(),
                 format!(
-                    "{name} sets a whole section; set one key of it instead, such as {prefix}{}__URL",
-                    key.to_uppercase()
+                    "{name} sets a whole section; set one key of it instead, such as {prefix}{key}__URL"
                 ),
             ));
         }
@@ -381,10 +437,15 @@ impl ServerSettings {
                 format!("`{path}` must start with `/` and name a path, such as /webhook"),
             ));
         }
-        if path.contains(['?', '#', '{', '}']) || path.chars().any(char::is_whitespace) {
+        // actix-web matches the decoded path against a pattern, so percent escapes, braces
+        // and `*` would never match the way they read.
+        let plain = path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_' | '~'));
+        if !plain || path.contains("//") {
             return Err(ConfigError::new(
                 "server.webhook_path",
-                format!("`{path}` must be a plain path without `?`, `#`, braces or spaces"),
+                format!("`{path}` may contain only letters, digits, `/`, `-`, `.`, `_` and `~`"),
             ));
         }
         if RESERVED_PATHS.contains(&path.as_str()) {
@@ -499,6 +560,17 @@ impl RabbitMqSettings {
                 "rabbitmq.exchange",
                 "names starting with `amq.` are reserved by the broker; set declare_exchange = false to use one",
             ));
+        }
+        for (key, queue) in [
+            ("rabbitmq.queue_completed", &self.queue_completed),
+            ("rabbitmq.queue_failed", &self.queue_failed),
+        ] {
+            if self.declare_queues && queue.starts_with("amq.") {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{queue}` starts with `amq.`, a prefix reserved by the broker"),
+                ));
+            }
         }
         if self.queue_completed == self.queue_failed {
             return Err(ConfigError::new(
@@ -653,6 +725,120 @@ mod tests {
             let error = load_env(&[(name.as_str(), value)]).unwrap_err();
             assert_eq!(error.key, key, "{name}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn converted_values_are_rejected() {
+        let path = write_temp_file("[server]\nmax_body_bytes = 1.7\n");
+        let error = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap_err();
+        assert_eq!(error.key, "server.max_body_bytes");
+
+        let path = write_temp_file("[server]\nworkers = true\n");
+        let error = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap_err();
+        assert_eq!(error.key, "server.workers");
+
+        let path = write_temp_file("[rabbitmq]\ndeclare_queues = 0\n");
+        let error = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap_err();
+        assert_eq!(error.key, "rabbitmq.declare_queues");
+
+        let cases = [
+            ("SERVER__WORKERS", "yes", "server.workers"),
+            ("SERVER__RETRY_AFTER_SECS", "-5", "server.retry_after_secs"),
+            (
+                "BROKER__PUBLISH_TIMEOUT_MS",
+                "4999.6",
+                "broker.publish_timeout_ms",
+            ),
+            ("RABBITMQ__DECLARE_QUEUES", "no", "rabbitmq.declare_queues"),
+        ];
+        for (name, value, key) in cases {
+            let name = format!("WEBHOOK_BRIDGE__{name}");
+            let error = load_env(&[(name.as_str(), value)]).unwrap_err();
+            assert_eq!(error.key, key, "{name}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn integers_from_file_are_read() {
+        let path = write_temp_file("[server]\nworkers = 3\naccess_log = false\n");
+        let settings = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap();
+        assert_eq!(settings.server.workers, 3);
+        assert!(!settings.server.access_log);
+    }
+
+    #[test]
+    fn misspelled_prefix_is_rejected() {
+        let error = load_env(&[("WEBHOOK_BRIDGE_REDIS__DEDUP_TTL_SECS", "60")]).unwrap_err();
+        assert_eq!(error.key, "WEBHOOK_BRIDGE_REDIS__DEDUP_TTL_SECS");
+        assert!(error.message.contains("two underscores"), "{error}");
+    }
+
+    #[test]
+    fn lowercase_section_variable_is_rejected() {
+        let error = load_env(&[
+            ("webhook_bridge__rabbitmq", "amqp://x"),
+            ("WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE", "e"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.key, "rabbitmq");
+    }
+
+    #[test]
+    fn foreign_variables_are_skipped_unread() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        let variables = vec![
+            (OsString::from("UNRELATED"), OsString::from_vec(vec![0xff])),
+            (
+                OsString::from("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX"),
+                OsString::from("p:"),
+            ),
+        ];
+        let selected = bridge_variables(variables.into_iter()).unwrap();
+        assert_eq!(selected.len(), 1);
+
+        let invalid = vec![(
+            OsString::from("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX"),
+            OsString::from_vec(vec![0xff]),
+        )];
+        let error = bridge_variables(invalid.into_iter()).unwrap_err();
+        assert_eq!(error.key, "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX");
+    }
+
+    #[test]
+    fn odd_webhook_paths_are_rejected() {
+        for path in [
+            "/web%20hook",
+            "/hooks/*",
+            "/a b",
+            "/x?y",
+            "//double",
+            "/{id}",
+        ] {
+            let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH", path)]).unwrap_err();
+            assert_eq!(error.key, "server.webhook_path", "{path}");
+        }
+        let settings = load_env(&[(
+            "WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH",
+            "/hooks/media-v1.2_x~",
+        )])
+        .unwrap();
+        assert_eq!(settings.server.webhook_path, "/hooks/media-v1.2_x~");
+    }
+
+    #[test]
+    fn reserved_queue_names_are_rejected() {
+        let error =
+            load_env(&[("WEBHOOK_BRIDGE__RABBITMQ__QUEUE_FAILED", "amq.failed")]).unwrap_err();
+        assert_eq!(error.key, "rabbitmq.queue_failed");
+        assert!(error.message.contains("amq.failed"), "{error}");
+    }
+
+    #[test]
+    fn event_source_must_be_uri_reference() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__EVENT__SOURCE", "not a uri")]).unwrap_err();
+        assert_eq!(error.key, "event.source");
     }
 
     #[test]
