@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         delivery.ack(BasicAckOptions::default()).await?;
         count += 1;
     }
-    eprintln!("{count} events read from {}", args.queue);
+    eprintln!("Read {count} event(s) from {}.", args.queue);
     connection.close(200, "OK".into()).await?;
     Ok(())
 }

@@ -47,7 +47,7 @@ impl Application {
         match dedup.ping().await {
             Ok(()) => info!("Connected to Redis. url={}", settings.redis.url),
             Err(cause) => warn!(
-                "Redis is not reachable yet; answering 503 until it is. url={} cause={cause}",
+                "Redis check failed; answering 503 until it succeeds. url={} cause={cause}",
                 settings.redis.url
             ),
         }

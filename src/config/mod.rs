@@ -225,6 +225,10 @@ pub struct RabbitMqSettings {
     /// Time allowed to connect, open the channel and declare the topology.
     #[serde(deserialize_with = "strict::whole_number")]
     pub connect_timeout_ms: u64,
+    /// AMQP heartbeat interval proposed to the broker, in seconds; a `heartbeat` parameter in
+    /// the URL takes precedence. A silent broker is detected after about two intervals.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub heartbeat_secs: u16,
     /// First delay between reconnection attempts; it doubles up to the maximum.
     #[serde(deserialize_with = "strict::whole_number")]
     pub reconnect_min_delay_ms: u64,
@@ -244,6 +248,7 @@ impl Default for RabbitMqSettings {
             queue_failed: "task.failed".to_owned(),
             app_id: "webhook-bridge".to_owned(),
             connect_timeout_ms: 5_000,
+            heartbeat_secs: 10,
             reconnect_min_delay_ms: 100,
             reconnect_max_delay_ms: 10_000,
         }
@@ -579,6 +584,12 @@ impl RabbitMqSettings {
             ));
         }
         require_duration_ms("rabbitmq.connect_timeout_ms", self.connect_timeout_ms)?;
+        if self.heartbeat_secs == 0 {
+            return Err(ConfigError::new(
+                "rabbitmq.heartbeat_secs",
+                "must be greater than 0, so that a silent broker is detected",
+            ));
+        }
         require_duration_ms(
             "rabbitmq.reconnect_min_delay_ms",
             self.reconnect_min_delay_ms,

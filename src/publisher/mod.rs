@@ -51,7 +51,7 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publishes `event` and waits for the broker's confirmation.
     async fn publish(&self, event: &Event) -> Result<(), PublishError>;
 
-    /// Returns whether the broker connection is up right now.
+    /// Returns whether the broker connection is up and confirming publishes.
     fn is_connected(&self) -> bool;
 
     /// Closes the broker connection cleanly, within the given time.

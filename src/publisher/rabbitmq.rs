@@ -13,6 +13,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -55,6 +56,9 @@ struct Shared {
     link: RwLock<Option<Link>>,
     /// Wakes the supervisor when a publish saw the channel fail.
     link_failed: Notify,
+    /// Set when a publish on the current link timed out, cleared by the next confirm or a new
+    /// link: a broker that stopped answering keeps the connection looking open.
+    confirms_stalled: AtomicBool,
     stopping: AtomicBool,
     stop: Notify,
     connected: watch::Sender<bool>,
@@ -70,6 +74,7 @@ impl Shared {
 
     fn set_link(&self, link: Option<Link>) {
         let connected = link.is_some();
+        self.confirms_stalled.store(false, Ordering::SeqCst);
         *self
             .link
             .write()
@@ -96,6 +101,7 @@ impl RabbitMqPublisher {
             settings,
             link: RwLock::new(None),
             link_failed: Notify::new(),
+            confirms_stalled: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             connected,
@@ -162,6 +168,10 @@ impl Publisher for RabbitMqPublisher {
         })
         .await;
 
+        let stalled = confirmation.is_err();
+        self.shared
+            .confirms_stalled
+            .store(stalled, Ordering::SeqCst);
         match confirmation {
             Err(_) => Err(PublishError::Timeout(self.publish_timeout)),
             Ok(Err(cause)) => {
@@ -183,9 +193,11 @@ impl Publisher for RabbitMqPublisher {
     }
 
     fn is_connected(&self) -> bool {
-        self.shared
+        let open = self
+            .shared
             .current_link()
-            .is_some_and(|link| link.is_open())
+            .is_some_and(|link| link.is_open());
+        open && !self.shared.confirms_stalled.load(Ordering::SeqCst)
     }
 
     async fn shutdown(&self, limit: Duration) {
@@ -319,7 +331,14 @@ async fn wait_for_loss(shared: &Shared, link: &Link) {
 async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
-    let connection = Connection::connect(settings.url.expose(), properties).await?;
+    // `Settings::validate` parsed this URL already.
+    let mut uri: AMQPUri = settings
+        .url
+        .expose()
+        .parse()
+        .map_err(|error: String| lapin::Error::from(std::io::Error::other(error)))?;
+    uri.query.heartbeat.get_or_insert(settings.heartbeat_secs);
+    let connection = Connection::connect_uri(uri, properties).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())

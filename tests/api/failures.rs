@@ -160,6 +160,13 @@ async fn hung_broker_times_out_and_releases() {
         -2,
         "claim released"
     );
+    let ready = app.get("/readyz").await;
+    assert_eq!(
+        ready.status(),
+        503,
+        "a broker that stopped confirming is not ready"
+    );
+    assert_eq!(response_json(ready).await["broker"], "down");
 
     // Drop the stalled connection with its unsent frames, as a broker failover would.
     proxy.set(Mode::Refuse);
@@ -287,6 +294,28 @@ async fn missing_exchange_is_503_until_created() {
         .unwrap();
 
     retry_until_accepted(&app, &body, Duration::from_secs(10)).await;
+    assert_eq!(app.drain(app.completed_queue()).await.len(), 1);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_broker_is_found_by_heartbeat() {
+    let proxy = Proxy::start(AMQP_ADDRESS.parse().unwrap()).await;
+    let app = spawn_app_with(|settings| {
+        settings.rabbitmq.url = amqp_through(&proxy);
+        settings.rabbitmq.heartbeat_secs = 1;
+    })
+    .await;
+    app.wait_ready(200, Duration::from_secs(5)).await;
+
+    // No request is sent: only the missing heartbeats reveal the silent broker.
+    proxy.set(Mode::Stall);
+    app.wait_ready(503, Duration::from_secs(8)).await;
+
+    proxy.set(Mode::Forward);
+    app.wait_ready(200, Duration::from_secs(10)).await;
+    let response = app.post_callback(&completed_body(&unique_task_id())).await;
+    assert_eq!(response.status(), 200);
     assert_eq!(app.drain(app.completed_queue()).await.len(), 1);
     app.teardown().await;
 }
