@@ -1,6 +1,6 @@
 //! The provider's callback: raw request bytes become a validated [`Callback`] before Redis
-//! or a broker receives them. Errors name the field and the reason, so the provider (or whoever
-//! reads its logs) can fix the payload.
+//! or a broker receives them. Errors name the field and the reason, so the provider or its
+//! operators can fix the payload.
 
 use std::fmt;
 
@@ -128,8 +128,8 @@ pub struct Callback {
     pub status: Status,
 }
 
-/// The top-level fields the bridge reads; all other fields are skipped without being
-/// decoded, so unusual values elsewhere (huge numbers, deep nesting) cannot fail parsing.
+/// The top-level fields the bridge reads. All other fields are skipped without being
+/// decoded, so values such as numbers beyond 64 bits cannot fail parsing.
 #[derive(Deserialize)]
 struct WireCallback<'a> {
     #[serde(borrow, default, deserialize_with = "present")]

@@ -317,6 +317,7 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
+
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -330,6 +331,7 @@ impl Settings {
             let key = error.path().to_string();
             ConfigError::new(&key, redact_urls_in(&error.into_inner().to_string()))
         })?;
+
         settings.validate()?;
         Ok(settings)
     }
@@ -366,23 +368,26 @@ pub fn bridge_variables(
         let Some(name) = name.to_str() else {
             continue;
         };
+
         if !name.to_uppercase().starts_with(ENV_PREFIX) {
             continue;
         }
+
         let Some(value) = value.to_str() else {
             return Err(ConfigError::new(
                 name,
                 "the value of this environment variable is not valid UTF-8",
             ));
         };
+
         selected.insert(name.to_owned(), value.to_owned());
     }
     Ok(selected)
 }
 
-/// Rejects variable names that the config crate would misread or drop without a word:
-/// a missing double underscore after the prefix (`WEBHOOK_BRIDGE_REDIS__URL`), and a
-/// variable that names a whole section (`WEBHOOK_BRIDGE__REDIS=...`), which is dropped
+/// Rejects variable names that the config crate would misread or drop without a word. One
+/// kind lacks the double underscore after the prefix (`WEBHOOK_BRIDGE_REDIS__URL`). The
+/// other names a whole section (`WEBHOOK_BRIDGE__REDIS=...`), and the config crate drops it
 /// when a key of the section is also set.
 fn check_variable_names(environment: &HashMap<String, String>) -> Result<(), ConfigError> {
     let prefix = format!("{ENV_PREFIX}__");
@@ -391,12 +396,14 @@ fn check_variable_names(environment: &HashMap<String, String>) -> Result<(), Con
         if !upper.starts_with(ENV_PREFIX) {
             continue;
         }
+
         let Some(key) = upper.strip_prefix(&prefix) else {
             return Err(ConfigError::new(
                 name,
                 format!("bridge settings start with {prefix} (two underscores after the prefix)"),
             ));
         };
+
         if !key.contains("__") {
             return Err(ConfigError::new(
                 &key.to_lowercase(),
@@ -442,6 +449,7 @@ impl ServerSettings {
                 format!("`{path}` must start with `/` and name a path, such as /webhook"),
             ));
         }
+
         // actix-web matches the decoded path against a pattern, so percent escapes, braces
         // and `*` would never match the way they read.
         let plain = path
@@ -453,31 +461,37 @@ impl ServerSettings {
                 format!("`{path}` may contain only letters, digits, `/`, `-`, `.`, `_` and `~`"),
             ));
         }
+
         if RESERVED_PATHS.contains(&path.as_str()) {
             return Err(ConfigError::new(
                 "server.webhook_path",
                 format!("`{path}` is reserved for health checks"),
             ));
         }
+
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_LIMIT {
             return Err(ConfigError::new(
                 "server.max_body_bytes",
                 format!("must be between 1 and {MAX_BODY_LIMIT}"),
             ));
         }
+
         require_duration_ms(
             "server.retry_after_secs",
             self.retry_after_secs.saturating_mul(1000),
         )?;
+
         require_duration_ms(
             "server.client_request_timeout_ms",
             self.client_request_timeout_ms,
         )?;
+
         require_duration_ms("server.body_read_timeout_ms", self.body_read_timeout_ms)?;
         require_duration_ms(
             "server.shutdown_timeout_secs",
             self.shutdown_timeout_secs.saturating_mul(1000),
         )?;
+
         if self.workers > MAX_WORKERS {
             return Err(ConfigError::new(
                 "server.workers",
@@ -503,12 +517,14 @@ impl RedisSettings {
                 ),
             ));
         }
+
         if self.key_prefix.is_empty() {
             return Err(ConfigError::new(
                 "redis.key_prefix",
                 "must not be empty, so that dedup keys cannot collide with other data",
             ));
         }
+
         require_duration_ms("redis.connect_timeout_ms", self.connect_timeout_ms)?;
         require_duration_ms("redis.response_timeout_ms", self.response_timeout_ms)?;
         require_duration_ms("redis.pending_wait_ms", self.pending_wait_ms)?;
@@ -519,6 +535,7 @@ impl RedisSettings {
                 format!("must be between 1 and {MAX_DEDUP_TTL_SECS} seconds (one year)"),
             ));
         }
+
         // A claim that expires while its publish is still running would let a
         // re-delivery publish the same event a second time.
         if self.pending_ttl_ms <= broker.publish_timeout_ms + self.response_timeout_ms {
@@ -549,6 +566,7 @@ impl RabbitMqSettings {
                 format!("`{}` is invalid: {}", self.url, redact_urls_in(&error)),
             ));
         }
+
         for (key, value) in [
             ("rabbitmq.exchange", &self.exchange),
             ("rabbitmq.queue_completed", &self.queue_completed),
@@ -560,12 +578,14 @@ impl RabbitMqSettings {
                 return Err(ConfigError::new(key, "must be 1 to 255 bytes long"));
             }
         }
+
         if self.exchange.starts_with("amq.") && self.declare_exchange {
             return Err(ConfigError::new(
                 "rabbitmq.exchange",
                 "names starting with `amq.` are reserved by the broker; set declare_exchange = false to use one",
             ));
         }
+
         for (key, queue) in [
             ("rabbitmq.queue_completed", &self.queue_completed),
             ("rabbitmq.queue_failed", &self.queue_failed),
@@ -577,12 +597,14 @@ impl RabbitMqSettings {
                 ));
             }
         }
+
         if self.queue_completed == self.queue_failed {
             return Err(ConfigError::new(
                 "rabbitmq.queue_failed",
                 "must differ from rabbitmq.queue_completed",
             ));
         }
+
         require_duration_ms("rabbitmq.connect_timeout_ms", self.connect_timeout_ms)?;
         if self.heartbeat_secs == 0 {
             return Err(ConfigError::new(
@@ -590,14 +612,17 @@ impl RabbitMqSettings {
                 "must be greater than 0, so that a silent broker is detected",
             ));
         }
+
         require_duration_ms(
             "rabbitmq.reconnect_min_delay_ms",
             self.reconnect_min_delay_ms,
         )?;
+
         require_duration_ms(
             "rabbitmq.reconnect_max_delay_ms",
             self.reconnect_max_delay_ms,
         )?;
+
         if self.reconnect_max_delay_ms < self.reconnect_min_delay_ms {
             return Err(ConfigError::new(
                 "rabbitmq.reconnect_max_delay_ms",
@@ -653,6 +678,7 @@ mod tests {
             let settings = load_env(&[("WEBHOOK_BRIDGE__REDIS__KEY_PREFIX", prefix)]).unwrap();
             assert_eq!(settings.redis.key_prefix, prefix);
         }
+
         let settings = load_env(&[("WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE", "1.0")]).unwrap();
         assert_eq!(settings.rabbitmq.exchange, "1.0");
     }
@@ -681,6 +707,7 @@ mod tests {
             error.message.contains("WEBHOOK_BRIDGE__REDIS__URL"),
             "{error}"
         );
+
         assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
@@ -830,6 +857,7 @@ mod tests {
             let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH", path)]).unwrap_err();
             assert_eq!(error.key, "server.webhook_path", "{path}");
         }
+
         let settings = load_env(&[(
             "WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH",
             "/hooks/media-v1.2_x~",
@@ -931,6 +959,7 @@ mod tests {
         let path = write_temp_file(
             "[rabbitmq]\nexchange = \"from-file\"\n[redis]\nkey_prefix = \"file:\"\n",
         );
+
         let environment = HashMap::from([(
             "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX".to_owned(),
             "env:".to_owned(),

@@ -32,7 +32,7 @@ const PERSISTENT: u8 = 2;
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
 
-/// Longest startup delay spent waiting for the first connection; HTTP (and `/healthz`)
+/// Maximum startup delay spent waiting for the first connection. HTTP, `/healthz` included,
 /// is not served until it ends.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -57,7 +57,7 @@ struct Shared {
     /// Wakes the supervisor when a publish saw the channel fail.
     link_failed: Notify,
     /// Set when a publish on the current link timed out, cleared by the next confirm or a new
-    /// link: a broker that stopped answering keeps the connection looking open.
+    /// link: a broker that stopped responding keeps the connection looking open.
     confirms_stalled: AtomicBool,
     stopping: AtomicBool,
     stop: Notify,
@@ -208,7 +208,7 @@ impl Publisher for RabbitMqPublisher {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        // The supervisor owns the link and closes it once it sees the stop.
+        // The supervisor owns the link and closes it once notified of the stop.
         if let Some(supervisor) = supervisor
             && timeout(limit, supervisor).await.is_err()
         {

@@ -328,7 +328,7 @@ pub fn bridge_environment(settings: &Settings, port: u16) -> Vec<(String, String
     .collect()
 }
 
-/// Polls `base`/readyz until a bridge process answers 200, for at most 15 seconds.
+/// Polls `base`/readyz until a bridge process returns 200, for at most 15 seconds.
 pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
     let started = Instant::now();
     loop {

@@ -1,5 +1,5 @@
-//! Graceful shutdown: in-flight requests finish publishing, and every request answered
-//! with a 2xx is in the broker.
+//! Graceful shutdown: in-flight requests finish publishing, and every request that got
+//! a 2xx is in the broker.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -136,8 +136,8 @@ async fn sigterm_loses_no_accepted_event() {
     {
         published += 1;
     }
-    // A request cut off by the stop may have been published without its answer
-    // arriving; each load task stops at its first such error.
+    // A request cut off by the stop may have been published without its response
+    // arriving. Each load task stops at its first such error.
     assert!(
         published >= accepted,
         "every 2xx is in the broker: {published} < {accepted}"
