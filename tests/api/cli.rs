@@ -59,22 +59,22 @@ async fn unreachable_broker_logs_cause_without_password() {
     let port = free_port();
     // Nothing listens on this port, so every connection attempt fails.
     let broker_url = format!("amqp://bridge:s3cret-pass@127.0.0.1:{}/%2f", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
-        .env(
-            "WEBHOOK_BRIDGE__SERVER__LISTEN",
+    let bridge = BridgeProcess::spawn([
+        (
+            "WEBHOOK_BRIDGE__SERVER__LISTEN".to_owned(),
             format!("127.0.0.1:{port}"),
-        )
-        .env("WEBHOOK_BRIDGE__SERVER__WORKERS", "1")
-        .env("WEBHOOK_BRIDGE__RABBITMQ__URL", &broker_url)
-        .env("WEBHOOK_BRIDGE__RABBITMQ__CONNECT_TIMEOUT_MS", "300")
-        .env(
-            "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX",
-            &settings.redis.key_prefix,
-        )
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ),
+        ("WEBHOOK_BRIDGE__SERVER__WORKERS".to_owned(), "1".to_owned()),
+        ("WEBHOOK_BRIDGE__RABBITMQ__URL".to_owned(), broker_url),
+        (
+            "WEBHOOK_BRIDGE__RABBITMQ__CONNECT_TIMEOUT_MS".to_owned(),
+            "300".to_owned(),
+        ),
+        (
+            "WEBHOOK_BRIDGE__REDIS__KEY_PREFIX".to_owned(),
+            settings.redis.key_prefix.clone(),
+        ),
+    ]);
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -106,12 +106,7 @@ async fn unreachable_broker_logs_cause_without_password() {
     let text = response.text().await.unwrap();
     assert!(!text.contains("s3cret-pass"), "{text}");
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let output = child.wait_with_output().unwrap();
+    let output = bridge.stop_with("TERM").await;
     assert!(output.status.success(), "exit status {:?}", output.status);
     let log = String::from_utf8_lossy(&output.stderr);
 
@@ -139,12 +134,7 @@ async fn unreachable_broker_logs_cause_without_password() {
 async fn sigint_stops_cleanly() {
     let settings = test_settings();
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
-        .envs(bridge_environment(&settings, port))
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bridge = BridgeProcess::spawn(bridge_environment(&settings, port));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_until_ready(&http, &base).await;
@@ -158,15 +148,7 @@ async fn sigint_stops_cleanly() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let interrupt = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = bridge.stop_with("INT").await;
     assert!(output.status.success(), "exit status {:?}", output.status);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("SIGINT received"), "{log}");

@@ -380,3 +380,36 @@ pub async fn remove_test_data(settings: &Settings) {
         let _: () = redis.del(keys).await.unwrap();
     }
 }
+
+/// The bridge binary running as a child process, with RUST_LOG=info and stderr captured.
+pub struct BridgeProcess {
+    child: std::process::Child,
+}
+
+impl BridgeProcess {
+    /// Starts the binary with `variables` added to the environment.
+    pub fn spawn(variables: impl IntoIterator<Item = (String, String)>) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+            .envs(variables)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bridge binary starts");
+        Self { child }
+    }
+
+    /// Sends `signal` (such as `TERM` or `INT`) and waits for the process to exit.
+    pub async fn stop_with(self, signal: &str) -> std::process::Output {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIG{signal} was delivered");
+        let child = self.child;
+        tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("wait task")
+            .expect("bridge output")
+    }
+}

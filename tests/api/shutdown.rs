@@ -1,7 +1,6 @@
 //! Graceful shutdown: in-flight requests finish publishing, and every request that got
 //! a 2xx is in the broker.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
@@ -49,15 +48,7 @@ async fn stop_lets_in_flight_requests_finish() {
 async fn sigterm_loses_no_accepted_event() {
     let settings = test_settings();
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
-        .envs(bridge_environment(&settings, port))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bridge binary starts");
-    let pid = child.id();
-
+    let bridge = BridgeProcess::spawn(bridge_environment(&settings, port));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_until_ready(&http, &base).await;
@@ -87,20 +78,13 @@ async fn sigterm_loses_no_accepted_event() {
     });
     let load: Vec<_> = load.collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    let stop = tokio::spawn(bridge.stop_with("TERM"));
 
     let mut accepted = 0;
     for task in load {
         accepted += task.await.unwrap();
     }
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = stop.await.unwrap();
     assert!(output.status.success(), "exit status {:?}", output.status);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(

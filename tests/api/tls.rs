@@ -158,13 +158,13 @@ async fn redis_over_tls_deduplicates() {
     let certificate = redis.dir.join("ca.pem");
     let port = free_port();
     let settings = test_settings();
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
-        .envs(bridge_environment(&settings, port))
-        .env("SSL_CERT_FILE", &certificate)
-        .env("WEBHOOK_BRIDGE__REDIS__URL", &url)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut variables = bridge_environment(&settings, port);
+    variables.push((
+        "SSL_CERT_FILE".to_owned(),
+        certificate.display().to_string(),
+    ));
+    variables.push(("WEBHOOK_BRIDGE__REDIS__URL".to_owned(), url));
+    let bridge = BridgeProcess::spawn(variables);
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -193,14 +193,7 @@ async fn redis_over_tls_deduplicates() {
         "the key lives in the TLS Redis"
     );
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = bridge.stop_with("TERM").await;
     assert!(output.status.success());
 
     remove_test_data(&settings).await;
