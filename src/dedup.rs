@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use log::warn;
 use redis::aio::ConnectionManager;
 use redis::{Client, IntoConnectionInfo, Script};
 use tokio::time::{Instant, sleep, timeout};
@@ -43,6 +44,16 @@ pub enum DedupError {
     Timeout(Duration),
     #[error("Redis command failed: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+impl DedupError {
+    /// Returns whether no reply came in time, so the command may still run in Redis.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Redis(error) => error.is_timeout(),
+        }
+    }
 }
 
 /// Proof that this request owns the right to publish an event.
@@ -118,8 +129,15 @@ impl DedupStore {
         let token = format!("{PENDING_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let deadline = Instant::now() + self.pending_wait;
         loop {
-            if self.try_set_pending(&key, &token).await? {
-                return Ok(ClaimOutcome::Claimed(Claim { key, token }));
+            match self.try_set_pending(&key, &token).await {
+                Ok(true) => return Ok(ClaimOutcome::Claimed(Claim { key, token })),
+                Ok(false) => {}
+                Err(error) => {
+                    if error.is_timeout() {
+                        self.release_later(Claim { key, token });
+                    }
+                    return Err(error);
+                }
             }
             let current = self.get(&key).await?;
             match current.as_deref() {
@@ -168,6 +186,21 @@ impl DedupStore {
         })
         .await?;
         Ok(())
+    }
+
+    /// Releases a claim whose SET timed out, in the background. The SET may still run in
+    /// Redis, and its leftover would make every retry wait until `pending_ttl_ms` runs out.
+    /// The release follows the SET on the same connection, so Redis runs it afterwards.
+    fn release_later(&self, claim: Claim) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(cause) = store.release(&claim).await {
+                warn!(
+                    "Releasing a claim whose SET timed out failed; re-deliveries wait until it expires. key={} cause={cause}",
+                    claim.key
+                );
+            }
+        });
     }
 
     /// Checks that Redis replies to a PING within the response timeout.

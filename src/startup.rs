@@ -117,9 +117,9 @@ impl Application {
     /// Serves until stopped by SIGTERM, SIGINT or the handle, lets in-flight requests finish
     /// (bounded by `server.shutdown_timeout_secs`), then closes the broker connection.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await?;
+        let served = self.server.await;
         info!("HTTP server stopped; closing the broker connection.");
         self.publisher.shutdown(BROKER_CLOSE_TIMEOUT).await;
-        Ok(())
+        served
     }
 }

@@ -19,8 +19,14 @@ pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";
 /// Paths served by the bridge itself, which the webhook path must not shadow.
 const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Upper bound for `server.max_body_bytes`; a callback is a small JSON document.
-const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Upper bound for `server.max_body_bytes`. A callback is a small JSON document, and the event
+/// that carries it must stay below the broker's message size limit (16 MiB by default in
+/// RabbitMQ 4).
+const MAX_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Upper bound for `rabbitmq.channel_pool_size`, well below RabbitMQ's default of 2047
+/// channels per connection.
+const MAX_CHANNELS: usize = 1024;
 
 /// Upper bound for `server.workers`, the limit of actix-web 4.
 const MAX_WORKERS: usize = 512;
@@ -225,6 +231,9 @@ pub struct RabbitMqSettings {
     /// Time allowed to connect, open the channel and declare the topology.
     #[serde(deserialize_with = "strict::whole_number")]
     pub connect_timeout_ms: u64,
+    /// Number of confirm-mode channels that publish in parallel, one event each at a time.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub channel_pool_size: usize,
     /// AMQP heartbeat interval proposed to the broker, in seconds; a `heartbeat` parameter in
     /// the URL takes precedence. A silent broker is detected after about two intervals.
     #[serde(deserialize_with = "strict::whole_number")]
@@ -248,6 +257,7 @@ impl Default for RabbitMqSettings {
             queue_failed: "task.failed".to_owned(),
             app_id: "webhook-bridge".to_owned(),
             connect_timeout_ms: 5_000,
+            channel_pool_size: 32,
             heartbeat_secs: 10,
             reconnect_min_delay_ms: 100,
             reconnect_max_delay_ms: 10_000,
@@ -340,6 +350,19 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         require_duration_ms("broker.publish_timeout_ms", self.broker.publish_timeout_ms)?;
+
+        // A stop that cuts a request short mid-publish leaves its claim behind until it expires.
+        let longest_request = self.redis.pending_wait_ms
+            + self.broker.publish_timeout_ms
+            + 3 * self.redis.response_timeout_ms;
+        if self.server.shutdown_timeout_secs.saturating_mul(1000) < longest_request {
+            return Err(ConfigError::new(
+                "server.shutdown_timeout_secs",
+                format!(
+                    "must cover the longest request, redis.pending_wait_ms + broker.publish_timeout_ms + 3 × redis.response_timeout_ms ({longest_request} ms)"
+                ),
+            ));
+        }
         self.redis.validate(&self.broker)?;
         self.rabbitmq.validate()?;
         let source = &self.event.source;
@@ -536,14 +559,15 @@ impl RedisSettings {
             ));
         }
 
-        // A claim that expires while its publish is still running would let a
-        // re-delivery publish the same event a second time.
-        if self.pending_ttl_ms <= broker.publish_timeout_ms + self.response_timeout_ms {
+        // A claim that expires while its publish is still running would let a re-delivery
+        // publish the same event a second time. Between the SET and the done record there are
+        // up to three Redis commands (SET retried once, GET) and the publish.
+        let claim_lifetime = broker.publish_timeout_ms + 3 * self.response_timeout_ms;
+        if self.pending_ttl_ms <= claim_lifetime {
             return Err(ConfigError::new(
                 "redis.pending_ttl_ms",
                 format!(
-                    "must be greater than broker.publish_timeout_ms + redis.response_timeout_ms ({} ms)",
-                    broker.publish_timeout_ms + self.response_timeout_ms
+                    "must be greater than broker.publish_timeout_ms + 3 × redis.response_timeout_ms ({claim_lifetime} ms)"
                 ),
             ));
         }
@@ -606,6 +630,13 @@ impl RabbitMqSettings {
         }
 
         require_duration_ms("rabbitmq.connect_timeout_ms", self.connect_timeout_ms)?;
+        if self.channel_pool_size == 0 || self.channel_pool_size > MAX_CHANNELS {
+            return Err(ConfigError::new(
+                "rabbitmq.channel_pool_size",
+                format!("must be between 1 and {MAX_CHANNELS}"),
+            ));
+        }
+
         if self.heartbeat_secs == 0 {
             return Err(ConfigError::new(
                 "rabbitmq.heartbeat_secs",
@@ -917,6 +948,15 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(error.key, "redis.pending_ttl_ms");
+    }
+
+    #[test]
+    fn shutdown_must_cover_longest_request() {
+        let error =
+            load_env(&[("WEBHOOK_BRIDGE__SERVER__SHUTDOWN_TIMEOUT_SECS", "12")]).unwrap_err();
+        assert_eq!(error.key, "server.shutdown_timeout_secs");
+        assert!(error.message.contains("13000 ms"), "{error}");
+        assert!(load_env(&[("WEBHOOK_BRIDGE__SERVER__SHUTDOWN_TIMEOUT_SECS", "13")]).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The broker seam: one [`Publisher`] trait, one implementation per broker. A publish
 //! returns only after the broker confirmed the event, or fails.
 
+mod channel_pool;
 mod rabbitmq;
 
 use std::time::Duration;

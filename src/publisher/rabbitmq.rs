@@ -1,27 +1,25 @@
-//! RabbitMQ publisher: one connection and one confirm-mode channel shared by all requests,
-//! kept alive by a background task that reconnects with exponential backoff. While the
+//! RabbitMQ publisher: one connection and a pool of confirm-mode channels shared by all
+//! requests, kept alive by a background task that reconnects with exponential backoff. While the
 //! link is down, publishes fail at once so that requests get a fast 503.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use log::{error, info, warn};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
+use super::channel_pool::ChannelPool;
 use super::{PublishError, Publisher};
 use crate::config::RabbitMqSettings;
 use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event, EventType};
@@ -36,18 +34,25 @@ const REPLY_SUCCESS: u16 = 200;
 /// is not served until it ends.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
+/// How many publish timeouts long a timed-out publish keeps the broker not ready.
+const STALL_WINDOW_FACTOR: u64 = 2;
+
 /// How often the supervisor checks the channel between connection events.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 struct Link {
     connection: Arc<Connection>,
-    channel: Channel,
+    channels: Arc<ChannelPool>,
 }
 
 impl Link {
     fn is_open(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        self.connection.status().connected() && self.channels.is_intact()
+    }
+
+    fn is_same(&self, other: &Link) -> bool {
+        Arc::ptr_eq(&self.channels, &other.channels)
     }
 }
 
@@ -56,15 +61,25 @@ struct Shared {
     link: RwLock<Option<Link>>,
     /// Wakes the supervisor when a publish saw the channel fail.
     link_failed: Notify,
-    /// Set when a publish on the current link timed out, cleared by the next confirm or a new
-    /// link: a broker that stopped responding keeps the connection looking open.
-    confirms_stalled: AtomicBool,
+    /// Until when (milliseconds since `started`) the broker counts as not ready because a
+    /// publish on the current link timed out; 0 when none did. A broker that stopped
+    /// responding keeps the connection looking open. The next confirm clears it, and it
+    /// expires after [`STALL_WINDOW_FACTOR`] publish timeouts, so that a short stall does not
+    /// keep a replica out of the load balancer when no request arrives to clear it.
+    stalled_until_ms: AtomicU64,
+    /// Set while the broker blocks publishing on the connection (a memory or disk alarm).
+    blocked: AtomicBool,
+    started: Instant,
     stopping: AtomicBool,
     stop: Notify,
     connected: watch::Sender<bool>,
 }
 
 impl Shared {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn current_link(&self) -> Option<Link> {
         self.link
             .read()
@@ -74,7 +89,8 @@ impl Shared {
 
     fn set_link(&self, link: Option<Link>) {
         let connected = link.is_some();
-        self.confirms_stalled.store(false, Ordering::SeqCst);
+        self.stalled_until_ms.store(0, Ordering::SeqCst);
+        self.blocked.store(false, Ordering::SeqCst);
         *self
             .link
             .write()
@@ -101,7 +117,9 @@ impl RabbitMqPublisher {
             settings,
             link: RwLock::new(None),
             link_failed: Notify::new(),
-            confirms_stalled: AtomicBool::new(false),
+            stalled_until_ms: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
+            started: Instant::now(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             connected,
@@ -124,6 +142,24 @@ impl RabbitMqPublisher {
             publish_timeout,
             supervisor: Mutex::new(Some(supervisor)),
         }
+    }
+
+    /// Tracks stalls of the current link for readiness; a late result from a replaced link
+    /// says nothing about the new one.
+    fn record_outcome(&self, link: &Link, timed_out: bool) {
+        let current = self.shared.current_link();
+        if !current.is_some_and(|current| current.is_same(link)) {
+            return;
+        }
+        let stalled_until = if timed_out {
+            let window = self.publish_timeout.as_millis() as u64 * STALL_WINDOW_FACTOR;
+            self.shared.elapsed_ms() + window
+        } else {
+            0
+        };
+        self.shared
+            .stalled_until_ms
+            .store(stalled_until, Ordering::SeqCst);
     }
 
     fn properties(&self, event: &Event) -> BasicProperties {
@@ -155,29 +191,35 @@ impl Publisher for RabbitMqPublisher {
             ..BasicPublishOptions::default()
         };
         let confirmation = timeout(self.publish_timeout, async {
-            link.channel
-                .basic_publish(
-                    exchange.into(),
-                    event.event_type.as_str().into(),
-                    options,
-                    &event.payload,
-                    self.properties(event),
-                )
-                .await?
-                .await
+            let mut lease = link.channels.acquire().await;
+            let confirmation = async {
+                lease
+                    .channel()
+                    .basic_publish(
+                        exchange.into(),
+                        event.event_type.as_str().into(),
+                        options,
+                        &event.payload,
+                        self.properties(event),
+                    )
+                    .await?
+                    .await
+            }
+            .await;
+            if confirmation.is_ok() {
+                lease.finish();
+            }
+            confirmation
         })
         .await;
 
-        let stalled = confirmation.is_err();
-        self.shared
-            .confirms_stalled
-            .store(stalled, Ordering::SeqCst);
+        self.record_outcome(&link, confirmation.is_err());
         match confirmation {
             Err(_) => Err(PublishError::Timeout(self.publish_timeout)),
             Ok(Err(cause)) => {
-                if !link.is_open() {
-                    self.shared.link_failed.notify_one();
-                }
+                // The lease was dropped unfinished, and a channel closed by the broker has
+                // marked the pool broken; the supervisor rebuilds the link.
+                self.shared.link_failed.notify_one();
                 Err(PublishError::Broker(cause.to_string()))
             }
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
@@ -197,7 +239,9 @@ impl Publisher for RabbitMqPublisher {
             .shared
             .current_link()
             .is_some_and(|link| link.is_open());
-        open && !self.shared.confirms_stalled.load(Ordering::SeqCst)
+        let stalled =
+            self.shared.stalled_until_ms.load(Ordering::SeqCst) > self.shared.elapsed_ms();
+        open && !stalled && !self.shared.blocked.load(Ordering::SeqCst)
     }
 
     async fn shutdown(&self, limit: Duration) {
@@ -280,11 +324,7 @@ async fn supervise(shared: Arc<Shared>) {
 
 /// Closes the channel, then the connection, as a clean AMQP shutdown.
 async fn close_link(link: &Link) {
-    if link.channel.status().connected()
-        && let Err(cause) = link.channel.close(REPLY_SUCCESS, "OK".into()).await
-    {
-        warn!("Closing the RabbitMQ channel failed. cause={cause}");
-    }
+    link.channels.close().await;
     if link.connection.status().connected()
         && let Err(cause) = link.connection.close(REPLY_SUCCESS, "OK".into()).await
     {
@@ -306,9 +346,13 @@ async fn wait_for_loss(shared: &Shared, link: &Link) {
                     return;
                 }
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    shared.blocked.store(true, Ordering::SeqCst);
                     warn!("RabbitMQ blocked the connection; publishes will time out until it is unblocked. reason={reason}");
                 }
-                Some(lapin::Event::ConnectionUnblocked) => info!("RabbitMQ unblocked the connection."),
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    shared.blocked.store(false, Ordering::SeqCst);
+                    info!("RabbitMQ unblocked the connection.");
+                }
                 Some(_) => {}
                 None => return,
             },
@@ -327,7 +371,7 @@ async fn wait_for_loss(shared: &Shared, link: &Link) {
     }
 }
 
-/// Connects, opens a confirm-mode channel and declares the configured topology.
+/// Connects, declares the configured topology and opens the pool of confirm-mode channels.
 async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
@@ -339,11 +383,8 @@ async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
         .map_err(|error: String| lapin::Error::from(std::io::Error::other(error)))?;
     uri.query.heartbeat.get_or_insert(settings.heartbeat_secs);
     let connection = Connection::connect_uri(uri, properties).await?;
+    // Declarations run on a channel of their own, closed before publishing starts.
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-
     let exchange = settings.exchange.as_str();
     if settings.declare_exchange {
         channel
@@ -388,9 +429,19 @@ async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
                 .await?;
         }
     }
+    channel.close(REPLY_SUCCESS, "OK".into()).await?;
+
+    let connection = Arc::new(connection);
+    let replace_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    let channels = ChannelPool::open(
+        connection.clone(),
+        settings.channel_pool_size,
+        replace_timeout,
+    )
+    .await?;
     Ok(Link {
-        connection: Arc::new(connection),
-        channel,
+        connection,
+        channels,
     })
 }
 

@@ -319,3 +319,111 @@ async fn silent_broker_is_found_by_heartbeat() {
     assert_eq!(app.drain(app.completed_queue()).await.len(), 1);
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unroutable_events_stay_apart() {
+    let app = spawn_app_with(|settings| {
+        settings.server.workers = 2;
+        settings.rabbitmq.declare_queues = false;
+    })
+    .await;
+    // Only task.completed has a queue, so every failed event comes back unroutable.
+    app.declare_queue(app.completed_queue()).await;
+    app.amqp
+        .queue_bind(
+            app.completed_queue().into(),
+            app.settings.rabbitmq.exchange.as_str().into(),
+            "task.completed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let mut completed_ids = Vec::new();
+    for _ in 0..5 {
+        let mut bodies = Vec::new();
+        for _ in 0..20 {
+            let task_id = unique_task_id();
+            bodies.push((true, completed_body(&task_id)));
+            bodies.push((false, failed_body(&task_id)));
+            completed_ids.push(task_id);
+        }
+        let app = &app;
+        let requests = bodies.iter().map(|(completed, body)| async move {
+            (*completed, app.post_callback(body).await.status().as_u16())
+        });
+        for (completed, status) in futures_util::future::join_all(requests).await {
+            if completed {
+                assert_eq!(status, 200, "a routable event is accepted");
+            } else {
+                assert_eq!(status, 503, "an unroutable event is never accepted");
+            }
+        }
+    }
+
+    let messages = app.drain(app.completed_queue()).await;
+    assert_eq!(
+        messages.len(),
+        completed_ids.len(),
+        "each completed event once"
+    );
+    for task_id in &completed_ids {
+        assert_eq!(
+            app.pttl(&app.dedup_key(task_id, "failed")).await,
+            -2,
+            "no claim left for an unroutable event"
+        );
+    }
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_redis_reply_leaves_no_claim() {
+    let proxy = Proxy::start(REDIS_ADDRESS.parse().unwrap()).await;
+    let app = spawn_app_with(|settings| settings.redis.url = redis_through(&proxy)).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    // The SET reaches Redis only after the bridge gave up waiting for its reply.
+    proxy.set(Mode::Stall);
+    let task_id = unique_task_id();
+    let body = completed_body(&task_id);
+    assert_unavailable(app.post_callback(&body).await, "dedup_unavailable").await;
+    proxy.set(Mode::Forward);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(
+        app.pttl(&app.dedup_key(&task_id, "completed")).await,
+        -2,
+        "the late claim was released"
+    );
+    let retry = app.post_callback(&body).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(response_json(retry).await["status"], "accepted");
+    assert_eq!(app.drain(app.completed_queue()).await.len(), 1);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_returns_after_short_stall() {
+    let proxy = Proxy::start(AMQP_ADDRESS.parse().unwrap()).await;
+    let app = spawn_app_with(|settings| settings.rabbitmq.url = amqp_through(&proxy)).await;
+
+    proxy.set(Mode::Stall);
+    let body = completed_body(&unique_task_id());
+    assert_unavailable(app.post_callback(&body).await, "broker_unavailable").await;
+    proxy.set(Mode::Forward);
+    assert_eq!(
+        app.get("/readyz").await.status(),
+        503,
+        "not ready right after the stall"
+    );
+
+    // No request arrives to clear the stall: readiness must come back by itself.
+    app.wait_ready(200, Duration::from_secs(10)).await;
+    let response = app.post_callback(&completed_body(&unique_task_id())).await;
+    assert_eq!(response.status(), 200);
+    // The stalled publish reached the broker late, as the README's first duplicate case says.
+    assert_eq!(app.drain(app.completed_queue()).await.len(), 2);
+    app.teardown().await;
+}

@@ -311,7 +311,7 @@ pub fn bridge_environment(settings: &Settings, port: u16) -> Vec<(String, String
     [
         ("SERVER__LISTEN", format!("127.0.0.1:{port}")),
         ("SERVER__WORKERS", "2".to_owned()),
-        ("SERVER__SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
+        ("SERVER__SHUTDOWN_TIMEOUT_SECS", "15".to_owned()),
         ("REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
         ("RABBITMQ__EXCHANGE", settings.rabbitmq.exchange.clone()),
         (
