@@ -257,7 +257,7 @@ impl Default for RabbitMqSettings {
             queue_failed: "task.failed".to_owned(),
             app_id: "webhook-bridge".to_owned(),
             connect_timeout_ms: 5_000,
-            channel_pool_size: 32,
+            channel_pool_size: 64,
             heartbeat_secs: 10,
             reconnect_min_delay_ms: 100,
             reconnect_max_delay_ms: 10_000,
