@@ -1,8 +1,8 @@
 //! Confirm-mode channels lent out for one publish at a time. lapin 4 attaches a returned
-//! (unroutable) message to whichever confirm of its channel completes next, so a channel with
-//! several unconfirmed publishes can pin one event's return on another event's ack: the
-//! unroutable event would be answered 200 and the routable one 503. With one publish per
-//! channel at a time, a return always belongs to its own publish.
+//! (unroutable) message to whichever confirm of its channel completes next. On a channel with
+//! several unconfirmed publishes, one event's return can land on another event's ack, so the
+//! unroutable event would get 200 and the routable one 503. With one publish per channel at a
+//! time, a return always belongs to its own publish.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,8 @@ pub struct ChannelPool {
     idle: Mutex<Vec<Channel>>,
     /// One permit per idle channel.
     available: Semaphore,
-    /// Set when a channel was closed by the broker, which usually means the topology changed
-    /// (a deleted exchange, for example); the supervisor then rebuilds the whole link.
+    /// Set when the broker closed a channel, which usually means that the topology changed,
+    /// such as a deleted exchange. The supervisor then rebuilds the whole link.
     broken: AtomicBool,
     /// Time allowed to replace a channel.
     replace_timeout: Duration,

@@ -144,8 +144,8 @@ impl RabbitMqPublisher {
         }
     }
 
-    /// Tracks stalls of the current link for readiness; a late result from a replaced link
-    /// says nothing about the new one.
+    /// Tracks stalls of the current link for readiness. A late result from a replaced link
+    /// tells nothing about the new one.
     fn record_outcome(&self, link: &Link, timed_out: bool) {
         let current = self.shared.current_link();
         if !current.is_some_and(|current| current.is_same(link)) {

@@ -423,7 +423,7 @@ async fn readiness_returns_after_short_stall() {
     app.wait_ready(200, Duration::from_secs(10)).await;
     let response = app.post_callback(&completed_body(&unique_task_id())).await;
     assert_eq!(response.status(), 200);
-    // The stalled publish reached the broker late, as the README's first duplicate case says.
+    // The stalled publish reached the broker late: the README's first duplicate case.
     assert_eq!(app.drain(app.completed_queue()).await.len(), 2);
     app.teardown().await;
 }
