@@ -28,17 +28,6 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Short, stable name of the failure for logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::NotConnected => "not_connected",
-            Self::Timeout(_) => "timeout",
-            Self::Nacked => "nacked",
-            Self::Unroutable { .. } => "unroutable",
-            Self::Broker(_) => "broker_error",
-        }
-    }
-
     /// Returns whether the same publish may succeed later without a change of configuration
     /// or topology. An unroutable event needs a queue or binding first.
     pub fn is_retriable(&self) -> bool {
@@ -57,7 +46,4 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Closes the broker connection cleanly, within the given time.
     async fn shutdown(&self, limit: Duration);
-
-    /// Human-readable broker name for logs.
-    fn broker_name(&self) -> &'static str;
 }

@@ -259,10 +259,6 @@ impl Publisher for RabbitMqPublisher {
             warn!("RabbitMQ connection did not close within {limit:?}.");
         }
     }
-
-    fn broker_name(&self) -> &'static str {
-        "rabbitmq"
-    }
 }
 
 /// Keeps one link open until shutdown, reconnecting with exponential backoff.
