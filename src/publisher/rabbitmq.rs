@@ -145,7 +145,7 @@ impl RabbitMqPublisher {
     }
 
     /// Tracks stalls of the current link for readiness. A late result from a replaced link
-    /// tells nothing about the new one.
+    /// is ignored, because it is no evidence about the new one.
     fn record_outcome(&self, link: &Link, timed_out: bool) {
         let current = self.shared.current_link();
         if !current.is_some_and(|current| current.is_same(link)) {
@@ -190,6 +190,8 @@ impl Publisher for RabbitMqPublisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        // NOTE: the time spent waiting for a free channel counts against the publish timeout,
+        // so an exhausted pool also ends in `Timeout` and marks the broker not ready.
         let confirmation = timeout(self.publish_timeout, async {
             let mut lease = link.channels.acquire().await;
             let confirmation = async {

@@ -102,7 +102,7 @@ fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
     }
     let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
         return Err(media_type_error(
-            "Content-Type header is missing; send application/json".to_owned(),
+            "Content-Type header is missing; send application/json",
         ));
     };
     let media_type: mime::Mime = value
@@ -110,9 +110,7 @@ fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
         .ok()
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| {
-            media_type_error(
-                "Content-Type header is not a valid media type; send application/json".to_owned(),
-            )
+            media_type_error("Content-Type header is not a valid media type; send application/json")
         })?;
     let is_json = media_type.type_() == mime::APPLICATION
         && (media_type.subtype() == mime::JSON || media_type.suffix() == Some(mime::JSON));
