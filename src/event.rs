@@ -44,6 +44,8 @@ pub struct Event {
     pub event_type: EventType,
     pub task_id: TaskId,
     pub status: Status,
+    /// The CloudEvents `source` attribute.
+    pub source: String,
     /// When the bridge received the callback.
     pub time: SystemTime,
     /// The serialised CloudEvents document.
@@ -76,7 +78,7 @@ impl Event {
             event_type: event_type.as_str(),
             source,
             subject: callback.task_id.as_str(),
-            time: humantime::format_rfc3339_millis(time).to_string(),
+            time: rfc3339(time),
             datacontenttype: "application/json",
             data,
         };
@@ -86,9 +88,23 @@ impl Event {
             event_type,
             task_id: callback.task_id.clone(),
             status: callback.status,
+            source: source.to_owned(),
             time,
             payload,
         }
+    }
+
+    /// The CloudEvents `time` attribute, as in the document.
+    pub fn rfc3339_time(&self) -> String {
+        rfc3339(self.time)
+    }
+
+    /// Milliseconds since the Unix epoch at which the callback was received.
+    pub fn unix_time_millis(&self) -> i64 {
+        self.time
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as i64)
+            .unwrap_or(0)
     }
 
     /// Seconds since the Unix epoch at which the callback was received.
@@ -98,6 +114,11 @@ impl Event {
             .map(|elapsed| elapsed.as_secs())
             .unwrap_or(0)
     }
+}
+
+/// Formats a time as RFC 3339 in UTC with milliseconds, as CloudEvents `time`.
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 #[cfg(test)]
@@ -136,6 +157,8 @@ mod tests {
         assert_eq!(parsed.datacontenttype, "application/json");
         assert_eq!(parsed.data.get().as_bytes(), body);
         assert_eq!(event.unix_time(), 1_780_000_000);
+        assert_eq!(event.unix_time_millis(), 1_780_000_000_123);
+        assert_eq!(event.rfc3339_time(), parsed.time);
     }
 
     #[test]

@@ -13,21 +13,24 @@ use log::{info, warn};
 use crate::config::{BrokerKind, Settings};
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
-use crate::publisher::{Publisher, RabbitMqPublisher};
+use crate::publisher::{KafkaPublisher, Publisher, RabbitMqPublisher};
 use crate::routes::{self, AppState};
 
 /// Access log line: peer, method, path without query string, status, size, duration.
 /// The query string is left out because it may carry credentials.
 const ACCESS_LOG_FORMAT: &str = r#"%a "%{method}xi %U" %s %b %Dms"#;
 
-/// Time allowed for closing the broker connection after the HTTP server stopped.
-const BROKER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for closing the RabbitMQ connection after the HTTP server stopped. Kafka
+/// takes `kafka.flush_timeout_ms` instead.
+const RABBITMQ_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Startup failed before the server could serve.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("invalid Redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("invalid Kafka configuration: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("failed to start the HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -37,6 +40,8 @@ pub struct Application {
     port: u16,
     server: Server,
     publisher: Arc<dyn Publisher>,
+    /// Time allowed for the broker client to deliver what it holds and close.
+    broker_close_timeout: Duration,
 }
 
 impl Application {
@@ -58,6 +63,10 @@ impl Application {
                     settings.broker.publish_timeout(),
                 )
                 .await,
+            ),
+            BrokerKind::Kafka => Arc::new(
+                KafkaPublisher::start(settings.kafka.clone(), settings.broker.publish_timeout())
+                    .await?,
             ),
         };
 
@@ -97,10 +106,15 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
 
+        let broker_close_timeout = match settings.broker.kind {
+            BrokerKind::Rabbitmq => RABBITMQ_CLOSE_TIMEOUT,
+            BrokerKind::Kafka => Duration::from_millis(settings.kafka.flush_timeout_ms),
+        };
         Ok(Self {
             port,
             server: server.run(),
             publisher,
+            broker_close_timeout,
         })
     }
 
@@ -119,7 +133,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         info!("HTTP server stopped; closing the broker connection.");
-        self.publisher.shutdown(BROKER_CLOSE_TIMEOUT).await;
+        self.publisher.shutdown(self.broker_close_timeout).await;
         served
     }
 }

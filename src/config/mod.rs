@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::{SecretUrl, redact_urls_in};
 
+mod kafka;
 mod strict;
+
+pub use kafka::{KafkaOptions, KafkaSettings, delivery_timeout};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";
@@ -46,6 +49,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub redis: RedisSettings,
     pub rabbitmq: RabbitMqSettings,
+    pub kafka: KafkaSettings,
     pub event: EventSettings,
 }
 
@@ -102,6 +106,16 @@ impl Default for ServerSettings {
 pub enum BrokerKind {
     #[default]
     Rabbitmq,
+    Kafka,
+}
+
+impl BrokerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rabbitmq => "rabbitmq",
+            Self::Kafka => "kafka",
+        }
+    }
 }
 
 impl TryFrom<String> for BrokerKind {
@@ -110,7 +124,10 @@ impl TryFrom<String> for BrokerKind {
     fn try_from(value: String) -> Result<Self, Self::Error> {
         match value.as_str() {
             "rabbitmq" => Ok(Self::Rabbitmq),
-            other => Err(format!("expected \"rabbitmq\", not \"{other}\"")),
+            "kafka" => Ok(Self::Kafka),
+            other => Err(format!(
+                "expected \"rabbitmq\" or \"kafka\", not \"{other}\""
+            )),
         }
     }
 }
@@ -364,7 +381,9 @@ impl Settings {
             ));
         }
         self.redis.validate(&self.broker)?;
+        // Both sections are checked, so that a mistake surfaces before a switch of broker.
         self.rabbitmq.validate()?;
+        self.kafka.validate(self.broker.publish_timeout_ms)?;
         let source = &self.event.source;
         if source.is_empty() || source.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::new(
@@ -1028,8 +1047,9 @@ mod tests {
             let body = &text[start..];
             let body = &body[..body[1..].find("\n[").map_or(body.len(), |end| end + 1)];
             for key in keys.as_object().unwrap().keys() {
+                let table = format!("\n[{section}.{key}]\n");
                 assert!(
-                    body.contains(&format!("\n{key} = ")),
+                    body.contains(&format!("\n{key} = ")) || text.contains(&table),
                     "{section}.{key} is missing from config/example.toml"
                 );
             }

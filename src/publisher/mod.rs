@@ -1,13 +1,15 @@
-//! The broker seam: one [`Publisher`] trait, one implementation per broker. A publish
-//! returns only after the broker confirmed the event, or fails.
+//! The broker seam: one [`Publisher`] trait, one implementation per broker (RabbitMQ and
+//! Kafka). A publish returns only after the broker confirmed the event, or fails.
 
 mod channel_pool;
+mod kafka;
 mod rabbitmq;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use kafka::KafkaPublisher;
 pub use rabbitmq::RabbitMqPublisher;
 
 use crate::event::Event;
@@ -23,15 +25,22 @@ pub enum PublishError {
     Nacked,
     #[error("broker returned the event as unroutable: {reply_code} {reply_text}")]
     Unroutable { reply_code: u16, reply_text: String },
+    #[error("broker refused the event: {reason}")]
+    Rejected { reason: String, retriable: bool },
     #[error("broker error: {0}")]
     Broker(String),
 }
 
 impl PublishError {
     /// Returns whether the same publish may succeed later without a change of configuration
-    /// or topology. An unroutable event needs a queue or binding first.
+    /// or topology. An unroutable event needs a queue or binding first, and a missing Kafka
+    /// topic needs creating.
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, Self::Unroutable { .. })
+        match self {
+            Self::Unroutable { .. } => false,
+            Self::Rejected { retriable, .. } => *retriable,
+            _ => true,
+        }
     }
 }
 
@@ -44,6 +53,7 @@ pub trait Publisher: Send + Sync + 'static {
     /// Returns whether the broker connection is up and confirming publishes.
     fn is_connected(&self) -> bool;
 
-    /// Closes the broker connection cleanly, within the given time.
+    /// Delivers what is still buffered and closes the broker connection, within the given
+    /// time.
     async fn shutdown(&self, limit: Duration);
 }

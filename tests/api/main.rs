@@ -1,7 +1,10 @@
-//! Integration tests against the real Redis (127.0.0.1:6379) and RabbitMQ
-//! (127.0.0.1:5672, guest/guest). Each test has its own exchange, queues and key prefix.
+//! Integration tests against the real Redis (127.0.0.1:6379), RabbitMQ (127.0.0.1:5672,
+//! guest/guest) and a Kafka-protocol broker (tansu on 127.0.0.1:9092), plus librdkafka's
+//! mock cluster for Kafka faults. Each test has its own exchange, queues, topics and key
+//! prefix.
 
 mod helpers;
+mod kafka_support;
 mod proxy;
 
 mod callbacks;
@@ -9,6 +12,8 @@ mod cli;
 mod dedup;
 mod duplicates;
 mod failures;
+mod kafka;
+mod kafka_faults;
 mod rejections;
 mod shutdown;
 mod tls;

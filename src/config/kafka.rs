@@ -1,0 +1,555 @@
+//! Kafka settings, and the librdkafka properties that users pass through `kafka.options`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{ConfigError, require_duration_ms, strict};
+
+/// Replacement for the value of a secret librdkafka property in printed settings.
+const REDACTED: &str = "***";
+
+/// Parts of librdkafka property names whose values are credentials or private keys.
+const SECRET_NAME_PARTS: [&str; 7] = [
+    "password",
+    "secret",
+    "pem",
+    "jaas",
+    "token",
+    "oauthbearer.config",
+    "credential",
+];
+
+/// Properties that the bridge sets from typed settings; `kafka.options` must not set them.
+const OWNED_PROPERTIES: [(&str, &str); 4] = [
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("metadata.broker.list", "set kafka.brokers instead"),
+    ("client.id", "set kafka.client_id instead"),
+    (
+        "transactional.id",
+        "transactions are not supported; each event is its own message",
+    ),
+];
+
+/// Largest partition count accepted for topic creation.
+const MAX_PARTITIONS: i32 = 10_000;
+
+/// Kafka settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers as `host:port`, separated by commas.
+    pub brokers: String,
+    /// Topic of `task.completed` events.
+    pub topic_completed: String,
+    /// Topic of `task.failed` events.
+    pub topic_failed: String,
+    /// `client.id` of the producer, as shown in broker logs and quotas.
+    pub client_id: String,
+    /// Time allowed for one metadata request: the startup check and each health check.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub metadata_timeout_ms: u64,
+    /// How often the broker's reachability and the topics are checked for `/readyz`.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub health_check_interval_ms: u64,
+    /// Whether to create missing topics at startup.
+    #[serde(deserialize_with = "strict::boolean")]
+    pub create_topics: bool,
+    /// Partition count of topics created at startup.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub topic_partitions: i32,
+    /// Replication factor of topics created at startup.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub topic_replication_factor: i32,
+    /// On shutdown, how long the producer may take to deliver what it still holds.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub flush_timeout_ms: u64,
+    /// Further librdkafka producer properties, such as `security.protocol` or
+    /// `compression.type`.
+    pub options: KafkaOptions,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            topic_completed: "task.completed".to_owned(),
+            topic_failed: "task.failed".to_owned(),
+            client_id: "webhook-bridge".to_owned(),
+            metadata_timeout_ms: 5_000,
+            health_check_interval_ms: 5_000,
+            create_topics: false,
+            topic_partitions: 3,
+            topic_replication_factor: 1,
+            flush_timeout_ms: 5_000,
+            options: KafkaOptions::default(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    pub(super) fn validate(&self, publish_timeout_ms: u64) -> Result<(), ConfigError> {
+        if self.brokers.split(',').any(|broker| {
+            let broker = broker.trim();
+            broker.is_empty() || !broker.contains(':') || broker.contains("://")
+        }) {
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "must list host:port pairs separated by commas, such as kafka-1:9092,kafka-2:9092",
+            ));
+        }
+
+        for (key, topic) in [
+            ("kafka.topic_completed", &self.topic_completed),
+            ("kafka.topic_failed", &self.topic_failed),
+        ] {
+            check_topic_name(topic).map_err(|message| ConfigError::new(key, message))?;
+        }
+        if self.topic_completed == self.topic_failed {
+            return Err(ConfigError::new(
+                "kafka.topic_failed",
+                "must differ from kafka.topic_completed",
+            ));
+        }
+
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new("kafka.client_id", "must not be empty"));
+        }
+        require_duration_ms("kafka.metadata_timeout_ms", self.metadata_timeout_ms)?;
+        require_duration_ms(
+            "kafka.health_check_interval_ms",
+            self.health_check_interval_ms,
+        )?;
+        require_duration_ms("kafka.flush_timeout_ms", self.flush_timeout_ms)?;
+        if !(1..=MAX_PARTITIONS).contains(&self.topic_partitions) {
+            return Err(ConfigError::new(
+                "kafka.topic_partitions",
+                format!("must be between 1 and {MAX_PARTITIONS}"),
+            ));
+        }
+        if !(1..=i32::from(i16::MAX)).contains(&self.topic_replication_factor) {
+            return Err(ConfigError::new(
+                "kafka.topic_replication_factor",
+                format!("must be between 1 and {}", i16::MAX),
+            ));
+        }
+
+        self.options.validate(publish_timeout_ms)?;
+        // librdkafka checks every property name and value without connecting.
+        self.producer_config(Duration::from_millis(publish_timeout_ms))
+            .create_native_config()
+            .map_err(|error| {
+                ConfigError::new("kafka.options", self.options.redact(&error.to_string()))
+            })?;
+        Ok(())
+    }
+
+    /// Builds the producer configuration: the safe defaults, then `kafka.options`, then the
+    /// properties the bridge owns.
+    pub fn producer_config(&self, publish_timeout: Duration) -> ClientConfig {
+        let delivery_timeout = delivery_timeout(publish_timeout).as_millis().to_string();
+        let mut config = ClientConfig::new();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", &delivery_timeout)
+            .set("request.timeout.ms", &delivery_timeout)
+            // A misspelt topic must not be created with the broker's defaults.
+            .set("allow.auto.create.topics", "false");
+        for (name, value) in &self.options.0 {
+            config.set(name, value);
+        }
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id);
+        config
+    }
+
+    /// The topic of an event type.
+    pub fn topic(&self, event_type: crate::event::EventType) -> &str {
+        match event_type {
+            crate::event::EventType::TaskCompleted => &self.topic_completed,
+            crate::event::EventType::TaskFailed => &self.topic_failed,
+        }
+    }
+}
+
+/// Default `message.timeout.ms`: four fifths of the publish timeout, so that librdkafka
+/// reports its own verdict on a message before the request gives up waiting for it.
+pub fn delivery_timeout(publish_timeout: Duration) -> Duration {
+    let millis = publish_timeout.as_millis() as u64;
+    Duration::from_millis((millis - millis / 5).max(1))
+}
+
+/// Checks a name against the rules of Kafka topic names.
+fn check_topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err("must be 1 to 249 characters long".to_owned());
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("`{topic}` is not a valid topic name"));
+    }
+    if !topic
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "`{topic}` may contain only ASCII letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// librdkafka properties passed through to the producer. Values of properties that hold
+/// credentials print as `***`. Names are lower case with `.` between words; an environment
+/// variable writes `_` for `.`, as in `WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_PASSWORD`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaOptions(BTreeMap<String, String>);
+
+impl KafkaOptions {
+    /// Returns the value of a property, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn validate(&self, publish_timeout_ms: u64) -> Result<(), ConfigError> {
+        for (name, value) in &self.0 {
+            let key = format!("kafka.options.{name}");
+            if let Some((_, instead)) = OWNED_PROPERTIES.iter().find(|(owned, _)| owned == name) {
+                return Err(ConfigError::new(&key, *instead));
+            }
+            let value = value.trim();
+            match name.as_str() {
+                "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => {
+                    return Err(ConfigError::new(
+                        &key,
+                        "must be `all`: an event is confirmed only once every in-sync replica has it",
+                    ));
+                }
+                "enable.idempotence" if value != "true" => {
+                    return Err(ConfigError::new(
+                        &key,
+                        "must stay `true`: producer retries must not write an event twice",
+                    ));
+                }
+                "message.timeout.ms" | "delivery.timeout.ms" => {
+                    let below_budget = value
+                        .parse::<u64>()
+                        .is_ok_and(|millis| millis > 0 && millis < publish_timeout_ms);
+                    if !below_budget {
+                        return Err(ConfigError::new(
+                            &key,
+                            format!(
+                                "must be a number of milliseconds between 1 and broker.publish_timeout_ms ({publish_timeout_ms}), exclusive, so that librdkafka gives up before the request does"
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the values of secret properties inside `text`, such as an error message of
+    /// librdkafka that quotes the value it rejected.
+    fn redact(&self, text: &str) -> String {
+        self.0
+            .iter()
+            .filter(|(name, value)| Self::is_secret(name) && !value.is_empty())
+            .fold(text.to_owned(), |text, (_, value)| {
+                text.replace(value.as_str(), REDACTED)
+            })
+    }
+
+    fn is_secret(name: &str) -> bool {
+        SECRET_NAME_PARTS.iter().any(|part| name.contains(part))
+    }
+}
+
+impl fmt::Debug for KafkaOptions {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_map()
+            .entries(self.0.iter().map(|(name, value)| {
+                let shown = if Self::is_secret(name) {
+                    REDACTED
+                } else {
+                    value
+                };
+                (name, shown)
+            }))
+            .finish()
+    }
+}
+
+impl Serialize for KafkaOptions {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            let shown = if Self::is_secret(name) {
+                REDACTED
+            } else {
+                value
+            };
+            map.serialize_entry(name, shown)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaOptions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OptionsVisitor)
+    }
+}
+
+struct OptionsVisitor;
+
+impl<'de> Visitor<'de> for OptionsVisitor {
+    type Value = KafkaOptions;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a table of librdkafka properties")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut options = BTreeMap::new();
+        while let Some(name) = access.next_key::<String>()? {
+            let value: OptionValue = access.next_value()?;
+            let name = name.to_lowercase().replace('_', ".");
+            if options.insert(name.clone(), value.0).is_some() {
+                return Err(de::Error::custom(format!("property {name} is set twice")));
+            }
+        }
+        Ok(KafkaOptions(options))
+    }
+}
+
+/// A property value: librdkafka takes strings, and TOML may hold numbers or booleans.
+struct OptionValue(String);
+
+impl<'de> Deserialize<'de> for OptionValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+
+        impl Visitor<'_> for ValueVisitor {
+            type Value = OptionValue;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string, an integer or a boolean")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(OptionValue(value.to_owned()))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::config::{BrokerKind, ConfigError, Settings};
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let environment: HashMap<String, String> = pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Settings::load_from(None, Some(environment))
+    }
+
+    #[test]
+    fn kafka_is_selected_from_environment() {
+        let settings = load_env(&[
+            ("WEBHOOK_BRIDGE__BROKER__KIND", "kafka"),
+            ("WEBHOOK_BRIDGE__KAFKA__BROKERS", "k1:9092,k2:9092"),
+            ("WEBHOOK_BRIDGE__KAFKA__TOPIC_FAILED", "media.failed"),
+        ])
+        .unwrap();
+        assert_eq!(settings.broker.kind, BrokerKind::Kafka);
+        assert_eq!(settings.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(settings.kafka.topic_completed, "task.completed");
+        assert_eq!(settings.kafka.topic_failed, "media.failed");
+    }
+
+    #[test]
+    fn producer_config_keeps_safe_defaults() {
+        let settings = load_env(&[
+            ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__COMPRESSION_TYPE", "zstd"),
+            ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__LINGER_MS", "2"),
+        ])
+        .unwrap();
+        let config = settings
+            .kafka
+            .producer_config(settings.broker.publish_timeout());
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("message.timeout.ms"), Some("4000"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(config.get("linger.ms"), Some("2"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn options_from_file_take_dotted_names_and_numbers() {
+        let dir =
+            std::env::temp_dir().join(format!("webhook-bridge-kafka-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bridge.toml");
+        std::fs::write(
+            &path,
+            "[kafka.options]\n\"batch.num.messages\" = 500\n\"socket.keepalive.enable\" = true\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap();
+        assert_eq!(
+            settings.kafka.options.get("batch.num.messages"),
+            Some("500")
+        );
+        assert_eq!(
+            settings.kafka.options.get("socket.keepalive.enable"),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn weakened_guarantees_are_rejected() {
+        let cases = [
+            ("ACKS", "1", "kafka.options.acks"),
+            (
+                "REQUEST_REQUIRED_ACKS",
+                "0",
+                "kafka.options.request.required.acks",
+            ),
+            (
+                "ENABLE_IDEMPOTENCE",
+                "false",
+                "kafka.options.enable.idempotence",
+            ),
+            (
+                "MESSAGE_TIMEOUT_MS",
+                "300000",
+                "kafka.options.message.timeout.ms",
+            ),
+            (
+                "DELIVERY_TIMEOUT_MS",
+                "0",
+                "kafka.options.delivery.timeout.ms",
+            ),
+            (
+                "BOOTSTRAP_SERVERS",
+                "x:9092",
+                "kafka.options.bootstrap.servers",
+            ),
+            (
+                "TRANSACTIONAL_ID",
+                "bridge",
+                "kafka.options.transactional.id",
+            ),
+        ];
+        for (name, value, key) in cases {
+            let name = format!("WEBHOOK_BRIDGE__KAFKA__OPTIONS__{name}");
+            let error = load_env(&[(name.as_str(), value)]).unwrap_err();
+            assert_eq!(error.key, key, "{name}={value}: {error}");
+        }
+        let settings =
+            load_env(&[("WEBHOOK_BRIDGE__KAFKA__OPTIONS__MESSAGE_TIMEOUT_MS", "3000")]).unwrap();
+        let config = settings
+            .kafka
+            .producer_config(settings.broker.publish_timeout());
+        assert_eq!(config.get("message.timeout.ms"), Some("3000"));
+    }
+
+    #[test]
+    fn librdkafka_checks_property_names_and_values() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__KAFKA__OPTIONS__LINGER_MSS", "5")]).unwrap_err();
+        assert_eq!(error.key, "kafka.options");
+        assert!(error.message.contains("linger.mss"), "{error}");
+
+        let error = load_env(&[("WEBHOOK_BRIDGE__KAFKA__OPTIONS__COMPRESSION_TYPE", "brotli")])
+            .unwrap_err();
+        assert_eq!(error.key, "kafka.options");
+    }
+
+    #[test]
+    fn secret_options_never_print() {
+        let settings = load_env(&[
+            (
+                "WEBHOOK_BRIDGE__KAFKA__OPTIONS__SECURITY_PROTOCOL",
+                "SASL_SSL",
+            ),
+            ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_MECHANISMS", "PLAIN"),
+            ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_USERNAME", "bridge"),
+            (
+                "WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_PASSWORD",
+                "hunter2-kafka",
+            ),
+        ])
+        .unwrap();
+        let line = settings.to_redacted_json();
+        assert!(!line.contains("hunter2-kafka"), "{line}");
+        assert!(line.contains("\"sasl.password\":\"***\""), "{line}");
+        assert!(line.contains("\"sasl.username\":\"bridge\""), "{line}");
+        assert!(!format!("{settings:?}").contains("hunter2-kafka"));
+    }
+
+    #[test]
+    fn secret_values_are_redacted_from_error_text() {
+        let options = super::KafkaOptions(
+            [
+                ("sasl.password".to_owned(), "hunter2-pass".to_owned()),
+                ("sasl.username".to_owned(), "bridge".to_owned()),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            options.redact("Invalid value \"hunter2-pass\" for bridge"),
+            "Invalid value \"***\" for bridge"
+        );
+    }
+
+    #[test]
+    fn invalid_kafka_values_are_named() {
+        let cases = [
+            ("BROKERS", "kafka://k1:9092", "kafka.brokers"),
+            ("BROKERS", "k1", "kafka.brokers"),
+            ("TOPIC_COMPLETED", "task completed", "kafka.topic_completed"),
+            ("TOPIC_FAILED", "task.completed", "kafka.topic_failed"),
+            ("TOPIC_PARTITIONS", "0", "kafka.topic_partitions"),
+            (
+                "TOPIC_REPLICATION_FACTOR",
+                "40000",
+                "kafka.topic_replication_factor",
+            ),
+            ("FLUSH_TIMEOUT_MS", "0", "kafka.flush_timeout_ms"),
+            ("CREATE_TOPICS", "yes", "kafka.create_topics"),
+        ];
+        for (name, value, key) in cases {
+            let name = format!("WEBHOOK_BRIDGE__KAFKA__{name}");
+            let error = load_env(&[(name.as_str(), value)]).unwrap_err();
+            assert_eq!(error.key, key, "{name}={value}: {error}");
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! Kafka publisher: one idempotent producer (`acks=all`) shared by all requests. Each
+//! publish waits for its delivery report. A background task checks broker reachability and
+//! the two topics for readiness, creates missing topics when configured to, and rebuilds
+//! the producer after a fatal error.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use log::{error, info, warn};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout};
+
+use super::{PublishError, Publisher};
+use crate::config::{KafkaSettings, delivery_timeout};
+use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
+
+/// Maximum startup delay spent on the first check of brokers and topics. HTTP is not
+/// served until it ends.
+const FIRST_CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// How many publish timeouts long a timed-out publish keeps the broker not ready.
+const STALL_WINDOW_FACTOR: u64 = 2;
+
+/// Delay before a producer is rebuilt after a fatal error, and between failed rebuilds.
+const REBUILD_DELAY: Duration = Duration::from_millis(200);
+
+/// How long a replaced producer may wait for the requests still holding it.
+const RETIRE_WAIT: Duration = Duration::from_secs(30);
+
+type KafkaProducer = FutureProducer<BridgeContext>;
+
+/// Receives librdkafka's global errors. Each one wakes the supervisor, which rebuilds the
+/// producer when the error was fatal: a fatal error leaves it unable to send anything more.
+/// Brokers reported down make the bridge not ready until the next check reaches them.
+struct BridgeContext {
+    signals: Arc<ClientSignals>,
+}
+
+#[derive(Default)]
+struct ClientSignals {
+    /// Set when librdkafka reports every broker down; cleared before each check.
+    brokers_down: AtomicBool,
+    /// Wakes the supervisor after an error report.
+    error_reported: Notify,
+}
+
+impl ClientContext for BridgeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // rust-rdkafka hands each error event to this callback twice; the second is
+        // harmless here.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.signals.brokers_down.store(true, Ordering::SeqCst);
+        }
+        warn!("Kafka client error. cause={error}: {reason}");
+        self.signals.error_reported.notify_one();
+    }
+}
+
+/// What the last check found, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    Unknown,
+    Unreachable(String),
+    MissingTopics(Vec<String>),
+    Ready,
+}
+
+struct Shared {
+    settings: KafkaSettings,
+    publish_timeout: Duration,
+    producer: RwLock<Arc<KafkaProducer>>,
+    /// The signals of the current producer.
+    signals: RwLock<Arc<ClientSignals>>,
+    health: Mutex<Health>,
+    /// Until when (milliseconds since `started`) the broker counts as not ready because a
+    /// publish timed out; 0 when none did. The next delivery clears it.
+    stalled_until_ms: AtomicU64,
+    started: Instant,
+    stop: Notify,
+    checked: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn producer(&self) -> Arc<KafkaProducer> {
+        self.producer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn signals(&self) -> Arc<ClientSignals> {
+        self.signals
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Stores the result of a check, and logs it when it differs from the previous one.
+    fn set_health(&self, health: Health) {
+        let mut current = self
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *current == health {
+            return;
+        }
+        let brokers = &self.settings.brokers;
+        match &health {
+            Health::Ready => info!(
+                "Kafka is reachable and both topics exist. brokers={brokers} topics={},{}",
+                self.settings.topic_completed, self.settings.topic_failed
+            ),
+            Health::Unreachable(cause) => warn!(
+                "Kafka brokers are not reachable; answering 503 until they are. brokers={brokers} cause={cause}"
+            ),
+            Health::MissingTopics(topics) => error!(
+                "Kafka topics do not exist; their events get 503 until the topics are created (or kafka.create_topics is set). brokers={brokers} topics={}",
+                topics.join(",")
+            ),
+            Health::Unknown => {}
+        }
+        *current = health;
+    }
+
+    /// Tracks stalls for readiness.
+    fn record_outcome(&self, timed_out: bool) {
+        let stalled_until = if timed_out {
+            let window = self.publish_timeout.as_millis() as u64 * STALL_WINDOW_FACTOR;
+            self.elapsed_ms() + window
+        } else {
+            0
+        };
+        self.stalled_until_ms.store(stalled_until, Ordering::SeqCst);
+    }
+}
+
+/// Publishes events to Kafka and waits for each delivery report.
+pub struct KafkaPublisher {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer, starts the supervisor and waits briefly for the first check of
+    /// the brokers and topics. The bridge starts even when Kafka is down, and requests get
+    /// 503 until it is reachable.
+    pub async fn start(
+        settings: KafkaSettings,
+        publish_timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let (producer, signals) = build_producer(&settings, publish_timeout)?;
+        let (checked, mut first_check) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            settings,
+            publish_timeout,
+            producer: RwLock::new(Arc::new(producer)),
+            signals: RwLock::new(signals),
+            health: Mutex::new(Health::Unknown),
+            stalled_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            stop: Notify::new(),
+            checked,
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone()));
+
+        let wait = Duration::from_millis(shared.settings.metadata_timeout_ms).min(FIRST_CHECK_WAIT);
+        if timeout(wait, first_check.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            warn!(
+                "Kafka did not answer the startup check within {wait:?}; answering 503 until it does. brokers={}",
+                shared.settings.brokers
+            );
+        }
+        Ok(Self {
+            shared,
+            supervisor: Mutex::new(Some(supervisor)),
+        })
+    }
+
+    fn headers(event: &Event) -> OwnedHeaders {
+        let time = event.rfc3339_time();
+        let headers = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", event.id.as_str()),
+            ("ce_type", event.event_type.as_str()),
+            ("ce_source", event.source.as_str()),
+            ("ce_subject", event.task_id.as_str()),
+            ("ce_time", time.as_str()),
+            ("content-type", CLOUDEVENTS_CONTENT_TYPE),
+        ];
+        headers
+            .into_iter()
+            .fold(OwnedHeaders::new_with_capacity(7), |all, (key, value)| {
+                all.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            })
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let shared = &self.shared;
+        let topic = shared.settings.topic(event.event_type);
+        // librdkafka would hold the message until its timeout, and deliver it if the topic
+        // appeared meanwhile, after the provider was told to retry.
+        if let Health::MissingTopics(missing) = shared.health()
+            && missing.iter().any(|name| name == topic)
+        {
+            return Err(PublishError::Rejected {
+                reason: format!("topic {topic} does not exist"),
+                retriable: false,
+            });
+        }
+        let producer = shared.producer();
+        let record = FutureRecord::to(topic)
+            .key(event.task_id.as_str())
+            .payload(&event.payload)
+            .headers(Self::headers(event))
+            .timestamp(event.unix_time_millis());
+        // librdkafka gives its verdict within `message.timeout.ms` of queueing the message;
+        // the wait for room in its local queue comes on top, so it gets the remaining tenth.
+        let queue_wait = shared.publish_timeout / 10;
+        let delivered = timeout(shared.publish_timeout, producer.send(record, queue_wait)).await;
+
+        let result = match delivered {
+            Err(_) => Err(PublishError::Timeout(shared.publish_timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((cause, _message))) => Err(classify(&cause, shared.publish_timeout)),
+        };
+        shared.record_outcome(matches!(result, Err(PublishError::Timeout(_))));
+        result
+    }
+
+    fn is_connected(&self) -> bool {
+        let shared = &self.shared;
+        let stalled = shared.stalled_until_ms.load(Ordering::SeqCst) > shared.elapsed_ms();
+        let fatal = shared.producer().client().fatal_error().is_some();
+        let brokers_down = shared.signals().brokers_down.load(Ordering::SeqCst);
+        shared.health() == Health::Ready && !stalled && !fatal && !brokers_down
+    }
+
+    async fn shutdown(&self, limit: Duration) {
+        self.shared.stop.notify_one();
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(supervisor) = supervisor {
+            let abort = supervisor.abort_handle();
+            if timeout(limit, supervisor).await.is_err() {
+                abort.abort();
+            }
+        }
+
+        let producer = self.shared.producer();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = producer.flush(Timeout::After(limit));
+            (flushed, producer.in_flight_count())
+        })
+        .await;
+        match flushed {
+            Ok((Ok(()), _)) => info!("Kafka producer flushed; nothing is left undelivered."),
+            Ok((Err(cause), undelivered)) => error!(
+                "Kafka producer did not deliver every message within {limit:?}. undelivered={undelivered} cause={cause}"
+            ),
+            Err(cause) => error!("Flushing the Kafka producer failed. cause={cause}"),
+        }
+    }
+}
+
+/// Maps a failed delivery to a publish error, telling retriable causes from those that
+/// need an operator.
+fn classify(cause: &KafkaError, publish_timeout: Duration) -> PublishError {
+    let Some(code) = cause.rdkafka_error_code() else {
+        return PublishError::Broker(cause.to_string());
+    };
+    if code == RDKafkaErrorCode::MessageTimedOut {
+        return PublishError::Timeout(delivery_timeout(publish_timeout));
+    }
+    PublishError::Rejected {
+        reason: format!("{code:?}: {code}"),
+        retriable: !is_permanent(code),
+    }
+}
+
+/// Errors that repeat until the configuration, the topics or the broker's settings change.
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        UnknownTopic
+            | UnknownTopicOrPartition
+            | UnknownPartition
+            | InvalidTopic
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | Authentication
+            | SaslAuthenticationFailed
+            | UnsupportedSASLMechanism
+            | MessageSizeTooLarge
+            | InvalidMessageSize
+            | MessageBatchTooLarge
+            | InvalidRecord
+            | InvalidRequiredAcks
+            | InvalidArgument
+            | InvalidConfig
+            | PolicyViolation
+            | UnsupportedVersion
+            | UnsupportedFeature
+            | UnsupportedForMessageFormat
+            | UnsupportedCompressionType
+    )
+}
+
+fn build_producer(
+    settings: &KafkaSettings,
+    publish_timeout: Duration,
+) -> Result<(KafkaProducer, Arc<ClientSignals>), KafkaError> {
+    let signals = Arc::new(ClientSignals::default());
+    let context = BridgeContext {
+        signals: signals.clone(),
+    };
+    let config = settings.producer_config(publish_timeout);
+    let producer = KafkaProducer::from_config_and_context(&config, context)?;
+    Ok((producer, signals))
+}
+
+/// Checks the brokers and topics at every interval, and rebuilds the producer after a fatal
+/// error, until shutdown.
+async fn supervise(shared: Arc<Shared>) {
+    let interval = Duration::from_millis(shared.settings.health_check_interval_ms);
+    loop {
+        let signals = shared.signals();
+        if let Some((code, reason)) = shared.producer().client().fatal_error() {
+            error!(
+                "Kafka producer hit a fatal error; building a new producer. cause={code}: {reason}"
+            );
+            rebuild(&shared).await;
+            continue;
+        }
+
+        // Cleared before the check, so that a report arriving during it stays until the next.
+        signals.brokers_down.store(false, Ordering::SeqCst);
+        let health = check(&shared).await;
+        shared.set_health(health);
+        shared.checked.send_replace(true);
+
+        tokio::select! {
+            () = sleep(interval) => {}
+            () = signals.error_reported.notified() => {}
+            () = shared.stop.notified() => return,
+        }
+    }
+}
+
+/// Replaces a producer that hit a fatal error. Its unfinished messages have failed already;
+/// it is dropped once the requests that still hold it let go, on a blocking thread, since
+/// dropping a producer waits for its threads.
+async fn rebuild(shared: &Shared) {
+    sleep(REBUILD_DELAY).await;
+    match build_producer(&shared.settings, shared.publish_timeout) {
+        Ok((producer, signals)) => {
+            let retired = std::mem::replace(
+                &mut *shared
+                    .producer
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Arc::new(producer),
+            );
+            *shared
+                .signals
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = signals;
+            info!("Built a new Kafka producer.");
+            tokio::spawn(async move {
+                let deadline = Instant::now() + RETIRE_WAIT;
+                while Arc::strong_count(&retired) > 1 && Instant::now() < deadline {
+                    sleep(Duration::from_millis(100)).await;
+                }
+                let _ = tokio::task::spawn_blocking(move || drop(retired)).await;
+            });
+        }
+        Err(cause) => error!("Building a new Kafka producer failed; retrying. cause={cause}"),
+    }
+}
+
+/// Fetches the metadata of both topics, creating missing ones when configured to.
+async fn check(shared: &Shared) -> Health {
+    let settings = &shared.settings;
+    let mut health = fetch_topics(shared).await;
+    if settings.create_topics
+        && let Health::MissingTopics(missing) = &health
+    {
+        create_topics(settings, missing).await;
+        health = fetch_topics(shared).await;
+    }
+    health
+}
+
+async fn fetch_topics(shared: &Shared) -> Health {
+    let limit = Duration::from_millis(shared.settings.metadata_timeout_ms);
+    let producer = shared.producer();
+    let topics = [
+        shared.settings.topic_completed.clone(),
+        shared.settings.topic_failed.clone(),
+    ];
+    // fetch_metadata blocks its thread until the broker answers or the limit passes.
+    let fetched = tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for topic in topics {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(limit))?;
+            let known = metadata.topics().iter().any(|found| {
+                found.name() == topic && found.error().is_none() && !found.partitions().is_empty()
+            });
+            if !known {
+                missing.push(topic);
+            }
+        }
+        Ok::<_, KafkaError>(missing)
+    });
+    match timeout(limit * 3, fetched).await {
+        Ok(Ok(Ok(missing))) if missing.is_empty() => Health::Ready,
+        Ok(Ok(Ok(missing))) => Health::MissingTopics(missing),
+        Ok(Ok(Err(cause))) => Health::Unreachable(cause.to_string()),
+        Ok(Err(cause)) => Health::Unreachable(cause.to_string()),
+        Err(_) => Health::Unreachable(format!("no metadata within {:?}", limit * 3)),
+    }
+}
+
+/// Creates the topics with the configured partition count and replication factor. A topic
+/// that another replica created in the meantime counts as created.
+async fn create_topics(settings: &KafkaSettings, topics: &[String]) {
+    let limit = Duration::from_millis(settings.metadata_timeout_ms);
+    let mut config = settings.producer_config(limit);
+    // The admin client takes the connection properties (TLS, SASL) of the producer.
+    for property in [
+        "enable.idempotence",
+        "acks",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "request.timeout.ms",
+    ] {
+        config.remove(property);
+    }
+    let admin: AdminClient<DefaultClientContext> = match config.create() {
+        Ok(admin) => admin,
+        Err(cause) => {
+            error!("Creating the Kafka admin client failed. cause={cause}");
+            return;
+        }
+    };
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| {
+            NewTopic::new(
+                topic,
+                settings.topic_partitions,
+                TopicReplication::Fixed(settings.topic_replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Timeout::After(limit)))
+        .request_timeout(Some(Timeout::After(limit)));
+    match timeout(limit * 2, admin.create_topics(&new_topics, &options)).await {
+        Ok(Ok(results)) => {
+            for result in results {
+                match result {
+                    Ok(topic) => info!(
+                        "Created Kafka topic. topic={topic} partitions={} replication_factor={}",
+                        settings.topic_partitions, settings.topic_replication_factor
+                    ),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        error!("Creating a Kafka topic failed. topic={topic} cause={code}")
+                    }
+                }
+            }
+        }
+        Ok(Err(cause)) => error!("Creating Kafka topics failed. cause={cause}"),
+        Err(_) => error!("Creating Kafka topics timed out after {:?}.", limit * 2),
+    }
+    // The admin client's drop joins its thread.
+    let _ = tokio::task::spawn_blocking(move || drop(admin)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_code() {
+        let timeout = Duration::from_secs(5);
+        let permanent = [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ];
+        for code in permanent {
+            let error = classify(&KafkaError::MessageProduction(code), timeout);
+            assert!(!error.is_retriable(), "{code:?} is permanent");
+        }
+
+        let retriable = [
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::Fatal,
+        ];
+        for code in retriable {
+            let error = classify(&KafkaError::MessageProduction(code), timeout);
+            assert!(error.is_retriable(), "{code:?} is retriable");
+        }
+
+        let error = classify(
+            &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            timeout,
+        );
+        assert!(
+            matches!(error, PublishError::Timeout(limit) if limit == Duration::from_secs(4)),
+            "{error:?}"
+        );
+    }
+}

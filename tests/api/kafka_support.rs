@@ -1,0 +1,203 @@
+//! Kafka test tools: per-test topics on a real broker or a librdkafka mock cluster, and a
+//! consumer that reads back what the bridge published.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use webhook_bridge::Settings;
+use webhook_bridge::config::BrokerKind;
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+/// The Kafka-protocol broker that `.ci/run` starts (tansu).
+pub const KAFKA_BROKERS: &str = "127.0.0.1:9092";
+
+/// A message read back from a topic.
+#[derive(Debug)]
+pub struct KafkaMessage {
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+    pub timestamp: Option<i64>,
+}
+
+/// Points `settings` at Kafka on `brokers`, with the topics `test.<id>.completed` and
+/// `test.<id>.failed` and short health-check intervals.
+pub fn use_kafka(settings: &mut Settings, brokers: &str, id: &str) {
+    settings.broker.kind = BrokerKind::Kafka;
+    settings.kafka.brokers = brokers.to_owned();
+    settings.kafka.topic_completed = format!("test.{id}.completed");
+    settings.kafka.topic_failed = format!("test.{id}.failed");
+    settings.kafka.metadata_timeout_ms = 1_000;
+    settings.kafka.health_check_interval_ms = 200;
+    settings.kafka.flush_timeout_ms = 2_000;
+}
+
+/// A fresh topic id for one test.
+pub fn topic_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Both topics of `id`.
+pub fn topics_of(id: &str) -> [String; 2] {
+    [format!("test.{id}.completed"), format!("test.{id}.failed")]
+}
+
+/// Both topics of `settings`.
+pub fn topics(settings: &Settings) -> [String; 2] {
+    [
+        settings.kafka.topic_completed.clone(),
+        settings.kafka.topic_failed.clone(),
+    ]
+}
+
+/// Creates the test's topics on `brokers`, then starts the bridge against them and waits
+/// until it is ready.
+pub async fn spawn_kafka_app(brokers: &str, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let id = topic_id();
+    create_topics(brokers, &topics_of(&id)).await;
+    let app = spawn_app_with(|settings| {
+        use_kafka(settings, brokers, &id);
+        customize(settings);
+    })
+    .await;
+    app.wait_ready(200, Duration::from_secs(10)).await;
+    app
+}
+
+/// Stops the bridge, then deletes its topics and keys.
+pub async fn teardown_kafka(app: TestApp) {
+    let settings = app.settings.clone();
+    app.teardown().await;
+    delete_topics(&settings.kafka.brokers, &topics(&settings)).await;
+}
+
+fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client")
+}
+
+/// Creates `topics` with one partition each.
+pub async fn create_topics(brokers: &str, topics: &[String]) {
+    let admin = admin(brokers);
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, 1, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .expect("CreateTopics request");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// Deletes `topics`, ignoring topics that do not exist.
+pub async fn delete_topics(brokers: &str, topics: &[String]) {
+    let admin = admin(brokers);
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let _ = admin.delete_topics(&names, &options).await;
+}
+
+/// Number of partitions of `topic`, read from the broker's metadata.
+pub async fn partition_count(brokers: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(10)))
+            .expect("topic metadata");
+        metadata.topics()[0].partitions().len()
+    })
+    .await
+    .expect("metadata thread")
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived and nothing more came
+/// for a moment, or `limit` passed. Returns what it read, so that a duplicate shows up as
+/// one message too many.
+pub async fn consume(brokers: &str, topic: &str, expected: usize) -> Vec<KafkaMessage> {
+    let brokers = brokers.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || consume_blocking(&brokers, &topic, expected))
+        .await
+        .expect("consumer thread")
+}
+
+fn consume_blocking(brokers: &str, topic: &str, expected: usize) -> Vec<KafkaMessage> {
+    const LIMIT: Duration = Duration::from_secs(20);
+    const QUIET: Duration = Duration::from_millis(500);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10)))
+        .expect("topic metadata");
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
+    }
+    assert!(assignment.count() > 0, "topic {topic} has partitions");
+    consumer.assign(&assignment).expect("assign");
+
+    let started = Instant::now();
+    let mut last_message = Instant::now();
+    let mut messages = Vec::new();
+    while started.elapsed() < LIMIT {
+        if messages.len() >= expected && last_message.elapsed() > QUIET {
+            break;
+        }
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = polled.expect("consumed message");
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        let value = header.value.map(|value| String::from_utf8_lossy(value));
+                        (
+                            header.key.to_owned(),
+                            value.unwrap_or_default().into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        messages.push(KafkaMessage {
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            headers,
+            payload: message.payload().unwrap_or_default().to_vec(),
+            timestamp: message.timestamp().to_millis(),
+        });
+        last_message = Instant::now();
+    }
+    messages
+}
