@@ -3,8 +3,8 @@
 //!
 //! A request flows through [`routes`] (media type, size), [`callback`] (validation),
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
-//! [`publisher`] (RabbitMQ). [`config`] and [`startup`] build it; [`error`] maps failures
-//! to HTTP responses.
+//! [`publisher`] (RabbitMQ or Kafka). [`config`] and [`startup`] build it; [`error`] maps
+//! failures to HTTP responses.
 
 pub mod callback;
 pub mod config;

@@ -10,7 +10,7 @@ use webhook_bridge::{Application, Settings};
 /// whose span lines carry nothing an operator needs.
 const DEFAULT_LOG_FILTER: &str = "info,tracing::span=warn";
 
-/// Receives task callbacks and publishes them as CloudEvents to RabbitMQ.
+/// Receives task callbacks and publishes them as CloudEvents to RabbitMQ or Kafka.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {

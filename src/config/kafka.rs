@@ -36,6 +36,13 @@ const OWNED_PROPERTIES: [(&str, &str); 4] = [
     ),
 ];
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room for the CloudEvents attributes and the `ce_*` headers around the callback body. The
+/// task id appears up to five times, at most 1 KiB each in UTF-8.
+const EVENT_OVERHEAD_BYTES: usize = 8 * 1024;
+
 /// Largest partition count accepted for topic creation.
 const MAX_PARTITIONS: i32 = 10_000;
 
@@ -149,6 +156,25 @@ impl KafkaSettings {
         Ok(())
     }
 
+    /// Checks that an event carrying the largest accepted body stays within librdkafka's
+    /// `message.max.bytes`, which would otherwise reject it on every delivery attempt.
+    pub(super) fn check_body_fits(&self, max_body_bytes: usize) -> Result<(), ConfigError> {
+        let limit = self
+            .options
+            .get("message.max.bytes")
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        if max_body_bytes + EVENT_OVERHEAD_BYTES > limit {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                format!(
+                    "must leave {EVENT_OVERHEAD_BYTES} bytes for the event envelope below the Kafka message.max.bytes ({limit}); lower it, or raise kafka.options.message.max.bytes together with the topic's max.message.bytes"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds the producer configuration: the safe defaults, then `kafka.options`, then the
     /// properties the bridge owns.
     pub fn producer_config(&self, publish_timeout: Duration) -> ClientConfig {
@@ -170,7 +196,7 @@ impl KafkaSettings {
         config
     }
 
-    /// The topic of an event type.
+    /// Returns the topic of an event type.
     pub fn topic(&self, event_type: crate::event::EventType) -> &str {
         match event_type {
             crate::event::EventType::TaskCompleted => &self.topic_completed,
@@ -528,6 +554,27 @@ mod tests {
             options.redact("Invalid value \"hunter2-pass\" for bridge"),
             "Invalid value \"***\" for bridge"
         );
+    }
+
+    #[test]
+    fn body_limit_fits_kafka_message() {
+        let error = load_env(&[
+            ("WEBHOOK_BRIDGE__BROKER__KIND", "kafka"),
+            ("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "2000000"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.key, "server.max_body_bytes");
+        assert!(error.message.contains("1000000"), "{error}");
+
+        let raised = load_env(&[
+            ("WEBHOOK_BRIDGE__BROKER__KIND", "kafka"),
+            ("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "2000000"),
+            ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__MESSAGE_MAX_BYTES", "3000000"),
+        ]);
+        assert!(raised.is_ok(), "{raised:?}");
+
+        let rabbitmq = load_env(&[("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "2000000")]);
+        assert!(rabbitmq.is_ok(), "the limit applies to Kafka only");
     }
 
     #[test]

@@ -384,6 +384,9 @@ impl Settings {
         // Both sections are checked, so that a mistake surfaces before a switch of broker.
         self.rabbitmq.validate()?;
         self.kafka.validate(self.broker.publish_timeout_ms)?;
+        if self.broker.kind == BrokerKind::Kafka {
+            self.kafka.check_body_fits(self.server.max_body_bytes)?;
+        }
         let source = &self.event.source;
         if source.is_empty() || source.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::new(

@@ -37,6 +37,9 @@ const REBUILD_DELAY: Duration = Duration::from_millis(200);
 /// How long a replaced producer may wait for the requests still holding it.
 const RETIRE_WAIT: Duration = Duration::from_secs(30);
 
+/// An error repeated within this time is the second delivery of the same event.
+const DUPLICATE_ERROR_WINDOW: Duration = Duration::from_millis(100);
+
 type KafkaProducer = FutureProducer<BridgeContext>;
 
 /// Receives librdkafka's global errors. Each one wakes the supervisor, which rebuilds the
@@ -44,6 +47,9 @@ type KafkaProducer = FutureProducer<BridgeContext>;
 /// Brokers reported down make the bridge not ready until the next check reaches them.
 struct BridgeContext {
     signals: Arc<ClientSignals>,
+    /// The last error logged, because rust-rdkafka 0.38 passes each error event to this
+    /// callback twice (once from `Client::poll_event`, once from `BaseProducer::poll`).
+    last_logged: Mutex<Option<(String, Instant)>>,
 }
 
 #[derive(Default)]
@@ -56,17 +62,27 @@ struct ClientSignals {
 
 impl ClientContext for BridgeContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // rust-rdkafka hands each error event to this callback twice; the second is
-        // harmless here.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.signals.brokers_down.store(true, Ordering::SeqCst);
         }
-        warn!("Kafka client error. cause={error}: {reason}");
         self.signals.error_reported.notify_one();
+
+        let line = format!("{error}: {reason}");
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let repeated = last.as_ref().is_some_and(|(previous, at)| {
+            *previous == line && at.elapsed() < DUPLICATE_ERROR_WINDOW
+        });
+        if !repeated {
+            warn!("Kafka client error. cause={line}");
+            *last = Some((line, Instant::now()));
+        }
     }
 }
 
-/// What the last check found, for `/readyz`.
+/// Result of the last check of brokers and topics, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Health {
     Unknown,
@@ -227,8 +243,8 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         let shared = &self.shared;
         let topic = shared.settings.topic(event.event_type);
-        // librdkafka would hold the message until its timeout, and deliver it if the topic
-        // appeared meanwhile, after the provider was told to retry.
+        // librdkafka would hold the message until its timeout. If the topic appeared
+        // meanwhile, it would deliver the message after the provider got its 503.
         if let Health::MissingTopics(missing) = shared.health()
             && missing.iter().any(|name| name == topic)
         {
@@ -243,8 +259,8 @@ impl Publisher for KafkaPublisher {
             .payload(&event.payload)
             .headers(Self::headers(event))
             .timestamp(event.unix_time_millis());
-        // librdkafka gives its verdict within `message.timeout.ms` of queueing the message;
-        // the wait for room in its local queue comes on top, so it gets the remaining tenth.
+        // librdkafka gives its verdict within `message.timeout.ms` of queueing the message.
+        // The wait for room in its local queue comes on top, so it gets a tenth of the budget.
         let queue_wait = shared.publish_timeout / 10;
         let delivered = timeout(shared.publish_timeout, producer.send(record, queue_wait)).await;
 
@@ -346,6 +362,7 @@ fn build_producer(
     let signals = Arc::new(ClientSignals::default());
     let context = BridgeContext {
         signals: signals.clone(),
+        last_logged: Mutex::new(None),
     };
     let config = settings.producer_config(publish_timeout);
     let producer = KafkaProducer::from_config_and_context(&config, context)?;

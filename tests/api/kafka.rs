@@ -1,5 +1,5 @@
 //! The bridge against a real Kafka-protocol broker (tansu on 127.0.0.1:9092, started by
-//! `.ci/run`). Each test has its own topics, and checks results by consuming them.
+//! `scripts/test`). Each test has its own topics, and checks results by consuming them.
 
 use std::time::{Duration, Instant};
 

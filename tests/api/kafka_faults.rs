@@ -11,7 +11,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use crate::helpers::*;
 use crate::kafka_support::*;
 
-/// A one-broker mock cluster with the test's two topics, and a bridge publishing to it.
+/// Starts a one-broker mock cluster with the test's two topics, and a bridge publishing to it.
 async fn spawn_on_mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, TestApp) {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let id = topic_id();
@@ -156,8 +156,8 @@ async fn slow_broker_answers_503_within_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_producer_error_builds_a_new_producer() {
     let (cluster, app) = spawn_on_mock_cluster().await;
-    // A sequence error on the first produce request means the producer and the broker
-    // disagree on what was written; librdkafka raises a fatal error and sends nothing more.
+    // A sequence error on the first produce request means that the producer and the broker
+    // disagree on what was written. librdkafka raises a fatal error and sends nothing more.
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],

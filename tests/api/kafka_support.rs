@@ -15,7 +15,7 @@ use webhook_bridge::config::BrokerKind;
 
 use crate::helpers::{TestApp, spawn_app_with};
 
-/// The Kafka-protocol broker that `.ci/run` starts (tansu).
+/// The Kafka-protocol broker that `scripts/test` starts (tansu).
 pub const KAFKA_BROKERS: &str = "127.0.0.1:9092";
 
 /// A message read back from a topic.
@@ -39,7 +39,7 @@ pub fn use_kafka(settings: &mut Settings, brokers: &str, id: &str) {
     settings.kafka.flush_timeout_ms = 2_000;
 }
 
-/// A fresh topic id for one test.
+/// Returns a fresh topic id for one test.
 pub fn topic_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
