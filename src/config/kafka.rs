@@ -5,6 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::config::NativeClientConfig;
+use rdkafka::error::KafkaError;
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -15,14 +17,16 @@ use super::{ConfigError, require_duration_ms, strict};
 const REDACTED: &str = "***";
 
 /// Parts of librdkafka property names whose values are credentials or private keys.
-const SECRET_NAME_PARTS: [&str; 7] = [
+const SECRET_NAME_PARTS: [&str; 9] = [
     "password",
+    "passphrase",
     "secret",
     "pem",
     "jaas",
     "token",
     "oauthbearer.config",
     "credential",
+    "private.key",
 ];
 
 /// Properties that the bridge sets from typed settings; `kafka.options` must not set them.
@@ -35,6 +39,26 @@ const OWNED_PROPERTIES: [(&str, &str); 4] = [
         "transactions are not supported; each event is its own message",
     ),
 ];
+
+/// Producer properties whose values decide the delivery guarantees. librdkafka also accepts
+/// them with a `topic.` prefix, which `kafka.options` must not use for them, so that one
+/// name holds the effective value.
+const GUARDED_PROPERTIES: [&str; 10] = [
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "delivery.report.only.error",
+    "enable.gapless.guarantee",
+    "allow.auto.create.topics",
+    "partitioner",
+    "linger.ms",
+];
+
+/// How often librdkafka checks queued messages for an expired `message.timeout.ms`
+/// (librdkafka 2.12 scans once a second), so its verdict can come this much later.
+const TIMEOUT_SCAN_INTERVAL_MS: u64 = 1_000;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -146,14 +170,21 @@ impl KafkaSettings {
             ));
         }
 
-        self.options.validate(publish_timeout_ms)?;
-        // librdkafka checks every property name and value without connecting.
-        self.producer_config(Duration::from_millis(publish_timeout_ms))
+        let publish_timeout = Duration::from_millis(publish_timeout_ms);
+        self.options.validate(publish_timeout)?;
+        // librdkafka checks every property name and value without connecting. Its error
+        // text quotes the rejected value, which may be a secret under a misspelt name, so
+        // only the name and the reason are kept.
+        let native = self
+            .producer_config(publish_timeout)
             .create_native_config()
-            .map_err(|error| {
-                ConfigError::new("kafka.options", self.options.redact(&error.to_string()))
+            .map_err(|error| match error {
+                KafkaError::ClientConfig(_, reason, name, _) => {
+                    ConfigError::new(&format!("kafka.options.{name}"), reason)
+                }
+                other => ConfigError::new("kafka.options", self.options.redact(&other.to_string())),
             })?;
-        Ok(())
+        check_effective(&native, publish_timeout)
     }
 
     /// Checks that an event carrying the largest accepted body stays within librdkafka's
@@ -185,6 +216,7 @@ impl KafkaSettings {
             .set("acks", "all")
             .set("message.timeout.ms", &delivery_timeout)
             .set("request.timeout.ms", &delivery_timeout)
+            .set("delivery.report.only.error", "false")
             // A misspelt topic must not be created with the broker's defaults.
             .set("allow.auto.create.topics", "false");
         for (name, value) in &self.options.0 {
@@ -205,11 +237,91 @@ impl KafkaSettings {
     }
 }
 
-/// Default `message.timeout.ms`: four fifths of the publish timeout, so that librdkafka
-/// reports its own verdict on a message before the request gives up waiting for it.
+/// Returns the default and largest `message.timeout.ms`: the publish timeout less the tenth
+/// that the local queue wait may take and librdkafka's one-second timeout scan, but at least
+/// half the publish timeout. librdkafka then usually gives its verdict on a message before
+/// the request stops waiting for it; for publish timeouts below about 2.2 s it may not.
 pub fn delivery_timeout(publish_timeout: Duration) -> Duration {
     let millis = publish_timeout.as_millis() as u64;
-    Duration::from_millis((millis - millis / 5).max(1))
+    let budget = millis.saturating_sub(millis / 10 + TIMEOUT_SCAN_INTERVAL_MS);
+    Duration::from_millis(budget.max(millis / 2).max(1))
+}
+
+/// Checks the properties that decide the delivery guarantees on the configuration that
+/// librdkafka built, where aliases and defaults have been resolved.
+fn check_effective(
+    native: &NativeClientConfig,
+    publish_timeout: Duration,
+) -> Result<(), ConfigError> {
+    let read = |name: &str| native.get(name).unwrap_or_default();
+    let fail = |name: &str, message: String| {
+        Err(ConfigError::new(&format!("kafka.options.{name}"), message))
+    };
+
+    let max_delivery = delivery_timeout(publish_timeout).as_millis() as u64;
+    let delivery: u64 = read("message.timeout.ms").parse().unwrap_or(0);
+    if delivery == 0 || delivery > max_delivery {
+        return fail(
+            "message.timeout.ms",
+            format!(
+                "must be between 1 and {max_delivery} ms for broker.publish_timeout_ms = {}, so that librdkafka gives up on a message before the request stops waiting",
+                publish_timeout.as_millis()
+            ),
+        );
+    }
+
+    let linger: f64 = read("linger.ms").parse().unwrap_or(0.0);
+    if linger > delivery as f64 / 4.0 {
+        return fail(
+            "linger.ms",
+            format!(
+                "must be at most a quarter of message.timeout.ms ({delivery} ms), so that a batch leaves while its messages still have time"
+            ),
+        );
+    }
+
+    for (name, expected, reason) in [
+        (
+            "enable.idempotence",
+            "true",
+            "producer retries must not write an event twice",
+        ),
+        (
+            "delivery.report.only.error",
+            "false",
+            "the bridge answers 2xx only on a successful delivery report",
+        ),
+        (
+            "enable.gapless.guarantee",
+            "false",
+            "it turns every message timeout into a fatal producer error",
+        ),
+        (
+            "allow.auto.create.topics",
+            "false",
+            "the health check would create missing topics with the broker's defaults; set kafka.create_topics instead",
+        ),
+    ] {
+        if read(name) != expected {
+            return fail(name, format!("must be {expected}, because {reason}"));
+        }
+    }
+
+    if !matches!(read("acks").as_str(), "-1" | "all") {
+        return fail(
+            "acks",
+            "must be all, so that an event is confirmed only once every in-sync replica has it"
+                .to_owned(),
+        );
+    }
+
+    if read("partitioner") == "random" {
+        return fail(
+            "partitioner",
+            "must hash the key, so that the events of one task stay in one partition".to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Checks a name against the rules of Kafka topic names.
@@ -243,35 +355,43 @@ impl KafkaOptions {
         self.0.get(name).map(String::as_str)
     }
 
-    fn validate(&self, publish_timeout_ms: u64) -> Result<(), ConfigError> {
+    /// Checks the names and values as given. [`check_effective`] then checks what librdkafka
+    /// made of them.
+    fn validate(&self, publish_timeout: Duration) -> Result<(), ConfigError> {
         for (name, value) in &self.0 {
             let key = format!("kafka.options.{name}");
             if let Some((_, instead)) = OWNED_PROPERTIES.iter().find(|(owned, _)| owned == name) {
                 return Err(ConfigError::new(&key, *instead));
             }
+
+            if let Some(base) = name.strip_prefix("topic.")
+                && GUARDED_PROPERTIES.contains(&base)
+            {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("set it without the topic. prefix, as kafka.options.{base}"),
+                ));
+            }
+
             let value = value.trim();
             match name.as_str() {
                 "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => {
                     return Err(ConfigError::new(
                         &key,
-                        "must be `all`: an event is confirmed only once every in-sync replica has it",
-                    ));
-                }
-                "enable.idempotence" if value != "true" => {
-                    return Err(ConfigError::new(
-                        &key,
-                        "must stay `true`: producer retries must not write an event twice",
+                        "must be all, so that an event is confirmed only once every in-sync replica has it",
                     ));
                 }
                 "message.timeout.ms" | "delivery.timeout.ms" => {
-                    let below_budget = value
+                    let max_delivery = delivery_timeout(publish_timeout).as_millis() as u64;
+                    let within_budget = value
                         .parse::<u64>()
-                        .is_ok_and(|millis| millis > 0 && millis < publish_timeout_ms);
-                    if !below_budget {
+                        .is_ok_and(|millis| millis > 0 && millis <= max_delivery);
+                    if !within_budget {
                         return Err(ConfigError::new(
                             &key,
                             format!(
-                                "must be a number of milliseconds between 1 and broker.publish_timeout_ms ({publish_timeout_ms}), exclusive, so that librdkafka gives up before the request does"
+                                "must be between 1 and {max_delivery} ms for broker.publish_timeout_ms = {}, so that librdkafka gives up on a message before the request stops waiting",
+                                publish_timeout.as_millis()
                             ),
                         ));
                     }
@@ -432,7 +552,7 @@ mod tests {
             .producer_config(settings.broker.publish_timeout());
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(config.get("message.timeout.ms"), Some("4000"));
+        assert_eq!(config.get("message.timeout.ms"), Some("3500"));
         assert_eq!(config.get("compression.type"), Some("zstd"));
         assert_eq!(config.get("linger.ms"), Some("2"));
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
@@ -494,6 +614,30 @@ mod tests {
                 "bridge",
                 "kafka.options.transactional.id",
             ),
+            (
+                "DELIVERY_REPORT_ONLY_ERROR",
+                "true",
+                "kafka.options.delivery.report.only.error",
+            ),
+            (
+                "ENABLE_GAPLESS_GUARANTEE",
+                "true",
+                "kafka.options.enable.gapless.guarantee",
+            ),
+            (
+                "ALLOW_AUTO_CREATE_TOPICS",
+                "true",
+                "kafka.options.allow.auto.create.topics",
+            ),
+            ("PARTITIONER", "random", "kafka.options.partitioner"),
+            ("LINGER_MS", "2000", "kafka.options.linger.ms"),
+            ("QUEUE_BUFFERING_MAX_MS", "2000", "kafka.options.linger.ms"),
+            (
+                "TOPIC_MESSAGE_TIMEOUT_MS",
+                "0",
+                "kafka.options.topic.message.timeout.ms",
+            ),
+            ("TOPIC_ACKS", "1", "kafka.options.topic.acks"),
         ];
         for (name, value, key) in cases {
             let name = format!("WEBHOOK_BRIDGE__KAFKA__OPTIONS__{name}");
@@ -511,12 +655,26 @@ mod tests {
     #[test]
     fn librdkafka_checks_property_names_and_values() {
         let error = load_env(&[("WEBHOOK_BRIDGE__KAFKA__OPTIONS__LINGER_MSS", "5")]).unwrap_err();
-        assert_eq!(error.key, "kafka.options");
-        assert!(error.message.contains("linger.mss"), "{error}");
+        assert_eq!(error.key, "kafka.options.linger.mss");
+        assert!(
+            error.message.contains("No such configuration property"),
+            "{error}"
+        );
 
         let error = load_env(&[("WEBHOOK_BRIDGE__KAFKA__OPTIONS__COMPRESSION_TYPE", "brotli")])
             .unwrap_err();
-        assert_eq!(error.key, "kafka.options");
+        assert_eq!(error.key, "kafka.options.compression.type");
+    }
+
+    #[test]
+    fn misspelt_secret_value_is_not_quoted() {
+        let error = load_env(&[(
+            "WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_PASSWD",
+            "TopSecretValue1",
+        )])
+        .unwrap_err();
+        assert_eq!(error.key, "kafka.options.sasl.passwd");
+        assert!(!error.to_string().contains("TopSecretValue1"), "{error}");
     }
 
     #[test]
@@ -532,10 +690,15 @@ mod tests {
                 "WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_PASSWORD",
                 "hunter2-kafka",
             ),
+            (
+                "WEBHOOK_BRIDGE__KAFKA__OPTIONS__SSL_KEY_PASSWORD",
+                "hunter3-key",
+            ),
         ])
         .unwrap();
         let line = settings.to_redacted_json();
         assert!(!line.contains("hunter2-kafka"), "{line}");
+        assert!(!line.contains("hunter3-key"), "{line}");
         assert!(line.contains("\"sasl.password\":\"***\""), "{line}");
         assert!(line.contains("\"sasl.username\":\"bridge\""), "{line}");
         assert!(!format!("{settings:?}").contains("hunter2-kafka"));
@@ -569,7 +732,10 @@ mod tests {
         let raised = load_env(&[
             ("WEBHOOK_BRIDGE__BROKER__KIND", "kafka"),
             ("WEBHOOK_BRIDGE__SERVER__MAX_BODY_BYTES", "2000000"),
-            ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__MESSAGE_MAX_BYTES", "3000000"),
+            (
+                "WEBHOOK_BRIDGE__KAFKA__OPTIONS__MESSAGE_MAX_BYTES",
+                "3000000",
+            ),
         ]);
         assert!(raised.is_ok(), "{raised:?}");
 

@@ -15,6 +15,7 @@ use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -31,11 +32,14 @@ const FIRST_CHECK_WAIT: Duration = Duration::from_secs(2);
 /// How many publish timeouts long a timed-out publish keeps the broker not ready.
 const STALL_WINDOW_FACTOR: u64 = 2;
 
-/// Delay before a producer is rebuilt after a fatal error, and between failed rebuilds.
-const REBUILD_DELAY: Duration = Duration::from_millis(200);
+/// Delay before the first rebuild of a producer after a fatal error. It doubles with each
+/// rebuild that follows within [`STABLE_PRODUCER_AGE`], up to [`MAX_REBUILD_DELAY`], so that a
+/// broker that fails every new producer at once does not cause a rebuild storm.
+const MIN_REBUILD_DELAY: Duration = Duration::from_millis(200);
+const MAX_REBUILD_DELAY: Duration = Duration::from_secs(30);
 
-/// How long a replaced producer may wait for the requests still holding it.
-const RETIRE_WAIT: Duration = Duration::from_secs(30);
+/// A producer that lived this long without a fatal error resets the rebuild delay.
+const STABLE_PRODUCER_AGE: Duration = Duration::from_secs(60);
 
 /// An error repeated within this time is the second delivery of the same event.
 const DUPLICATE_ERROR_WINDOW: Duration = Duration::from_millis(100);
@@ -54,8 +58,11 @@ struct BridgeContext {
 
 #[derive(Default)]
 struct ClientSignals {
-    /// Set when librdkafka reports every broker down; cleared before each check.
+    /// Set when librdkafka reports every broker down, until a check reaches the brokers.
     brokers_down: AtomicBool,
+    /// Number of such reports, so that a check only clears the flag when none arrived
+    /// while it ran.
+    down_reports: AtomicU64,
     /// Wakes the supervisor after an error report.
     error_reported: Notify,
 }
@@ -64,6 +71,7 @@ impl ClientContext for BridgeContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.signals.brokers_down.store(true, Ordering::SeqCst);
+            self.signals.down_reports.fetch_add(1, Ordering::SeqCst);
         }
         self.signals.error_reported.notify_one();
 
@@ -87,13 +95,19 @@ impl ClientContext for BridgeContext {
 enum Health {
     Unknown,
     Unreachable(String),
+    /// Topics that the brokers do not know. Publishes to them fail at once.
     MissingTopics(Vec<String>),
+    /// Topics that exist but report an error, such as a leader election in progress, as
+    /// `topic: error`. Publishes to them go ahead, since librdkafka waits for the partition.
+    TopicErrors(Vec<String>),
     Ready,
 }
 
 struct Shared {
     settings: KafkaSettings,
     publish_timeout: Duration,
+    /// The effective `message.timeout.ms`.
+    delivery_timeout: Duration,
     producer: RwLock<Arc<KafkaProducer>>,
     /// The signals of the current producer.
     signals: RwLock<Arc<ClientSignals>>,
@@ -154,6 +168,10 @@ impl Shared {
                 "Kafka topics do not exist; their events get 503 until the topics are created (or kafka.create_topics is set). brokers={brokers} topics={}",
                 topics.join(",")
             ),
+            Health::TopicErrors(errors) => warn!(
+                "Kafka topics report errors; the bridge is not ready until they clear. brokers={brokers} errors={}",
+                errors.join(",")
+            ),
             Health::Unknown => {}
         }
         *current = health;
@@ -186,10 +204,17 @@ impl KafkaPublisher {
         publish_timeout: Duration,
     ) -> Result<Self, KafkaError> {
         let (producer, signals) = build_producer(&settings, publish_timeout)?;
+        let delivery_timeout = settings
+            .options
+            .get("message.timeout.ms")
+            .or(settings.options.get("delivery.timeout.ms"))
+            .and_then(|value| value.trim().parse().ok())
+            .map_or(delivery_timeout(publish_timeout), Duration::from_millis);
         let (checked, mut first_check) = watch::channel(false);
         let shared = Arc::new(Shared {
             settings,
             publish_timeout,
+            delivery_timeout,
             producer: RwLock::new(Arc::new(producer)),
             signals: RwLock::new(signals),
             health: Mutex::new(Health::Unknown),
@@ -267,7 +292,7 @@ impl Publisher for KafkaPublisher {
         let result = match delivered {
             Err(_) => Err(PublishError::Timeout(shared.publish_timeout)),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((cause, _message))) => Err(classify(&cause, shared.publish_timeout)),
+            Ok(Err((cause, _message))) => Err(classify(&cause, shared.delivery_timeout)),
         };
         shared.record_outcome(matches!(result, Err(PublishError::Timeout(_))));
         result
@@ -282,17 +307,16 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn shutdown(&self, limit: Duration) {
-        self.shared.stop.notify_one();
+        // The supervisor holds no state worth finishing: a check or a rebuild in progress
+        // is dropped, and its blocking metadata request ends within its own limit.
         let supervisor = self
             .supervisor
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(supervisor) = supervisor {
-            let abort = supervisor.abort_handle();
-            if timeout(limit, supervisor).await.is_err() {
-                abort.abort();
-            }
+            supervisor.abort();
+            let _ = supervisor.await;
         }
 
         let producer = self.shared.producer();
@@ -312,13 +336,13 @@ impl Publisher for KafkaPublisher {
 }
 
 /// Maps a failed delivery to a publish error, telling retriable causes from those that
-/// need an operator.
-fn classify(cause: &KafkaError, publish_timeout: Duration) -> PublishError {
+/// need an operator. `delivery_timeout` is the effective `message.timeout.ms`.
+fn classify(cause: &KafkaError, delivery_timeout: Duration) -> PublishError {
     let Some(code) = cause.rdkafka_error_code() else {
         return PublishError::Broker(cause.to_string());
     };
     if code == RDKafkaErrorCode::MessageTimedOut {
-        return PublishError::Timeout(delivery_timeout(publish_timeout));
+        return PublishError::Timeout(delivery_timeout);
     }
     PublishError::Rejected {
         reason: format!("{code:?}: {code}"),
@@ -373,19 +397,40 @@ fn build_producer(
 /// error, until shutdown.
 async fn supervise(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.settings.health_check_interval_ms);
+    let mut rebuild_delay = MIN_REBUILD_DELAY;
+    let mut rebuilds_in_a_row: u32 = 0;
+    let mut producer_built = Instant::now();
     loop {
         let signals = shared.signals();
         if let Some((code, reason)) = shared.producer().client().fatal_error() {
-            error!(
-                "Kafka producer hit a fatal error; building a new producer. cause={code}: {reason}"
-            );
-            rebuild(&shared).await;
+            if producer_built.elapsed() >= STABLE_PRODUCER_AGE {
+                rebuild_delay = MIN_REBUILD_DELAY;
+                rebuilds_in_a_row = 0;
+            }
+            rebuilds_in_a_row += 1;
+            // A broker that fails every new producer would repeat this line at each rebuild.
+            if rebuilds_in_a_row <= 3 || rebuilds_in_a_row.is_power_of_two() {
+                error!(
+                    "Kafka producer hit a fatal error; building a new producer in {rebuild_delay:?}. rebuilds_in_a_row={rebuilds_in_a_row} cause={code}: {reason}"
+                );
+            }
+            tokio::select! {
+                () = sleep(rebuild_delay) => {}
+                () = shared.stop.notified() => return,
+            }
+            rebuild_delay = (rebuild_delay * 2).min(MAX_REBUILD_DELAY);
+            if rebuild(&shared).await {
+                producer_built = Instant::now();
+            }
             continue;
         }
 
-        // Cleared before the check, so that a report arriving during it stays until the next.
-        signals.brokers_down.store(false, Ordering::SeqCst);
+        let reports_before = signals.down_reports.load(Ordering::SeqCst);
         let health = check(&shared).await;
+        if health == Health::Ready && signals.down_reports.load(Ordering::SeqCst) == reports_before
+        {
+            signals.brokers_down.store(false, Ordering::SeqCst);
+        }
         shared.set_health(health);
         shared.checked.send_replace(true);
 
@@ -397,35 +442,50 @@ async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// Replaces a producer that hit a fatal error. Its unfinished messages have failed already;
-/// it is dropped once the requests that still hold it let go, on a blocking thread, since
-/// dropping a producer waits for its threads.
-async fn rebuild(shared: &Shared) {
-    sleep(REBUILD_DELAY).await;
-    match build_producer(&shared.settings, shared.publish_timeout) {
-        Ok((producer, signals)) => {
-            let retired = std::mem::replace(
-                &mut *shared
-                    .producer
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                Arc::new(producer),
-            );
-            *shared
-                .signals
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = signals;
-            info!("Built a new Kafka producer.");
-            tokio::spawn(async move {
-                let deadline = Instant::now() + RETIRE_WAIT;
-                while Arc::strong_count(&retired) > 1 && Instant::now() < deadline {
-                    sleep(Duration::from_millis(100)).await;
-                }
-                let _ = tokio::task::spawn_blocking(move || drop(retired)).await;
-            });
+/// Replaces a producer that hit a fatal error, and returns whether it did. The old producer's
+/// unfinished messages have failed already. Creating and dropping a producer block their
+/// thread (TLS files are read, threads are joined), so both run on blocking threads; the old
+/// one is dropped once the requests still holding it finished.
+async fn rebuild(shared: &Shared) -> bool {
+    let settings = shared.settings.clone();
+    let publish_timeout = shared.publish_timeout;
+    let built =
+        tokio::task::spawn_blocking(move || build_producer(&settings, publish_timeout)).await;
+    let (producer, signals) = match built {
+        Ok(Ok(built)) => built,
+        Ok(Err(cause)) => {
+            error!("Building a new Kafka producer failed; retrying. cause={cause}");
+            return false;
         }
-        Err(cause) => error!("Building a new Kafka producer failed; retrying. cause={cause}"),
-    }
+        Err(cause) => {
+            error!("Building a new Kafka producer failed; retrying. cause={cause}");
+            return false;
+        }
+    };
+
+    let retired = std::mem::replace(
+        &mut *shared
+            .producer
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        Arc::new(producer),
+    );
+    *shared
+        .signals
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = signals;
+    info!("Built a new Kafka producer.");
+
+    // A request holds the producer for at most its publish timeout.
+    let retire_wait = shared.publish_timeout * 2;
+    tokio::spawn(async move {
+        let deadline = Instant::now() + retire_wait;
+        while Arc::strong_count(&retired) > 1 && Instant::now() < deadline {
+            sleep(Duration::from_millis(100)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(retired)).await;
+    });
+    true
 }
 
 /// Fetches the metadata of both topics, creating missing ones when configured to.
@@ -451,22 +511,29 @@ async fn fetch_topics(shared: &Shared) -> Health {
     // fetch_metadata blocks its thread until the broker answers or the limit passes.
     let fetched = tokio::task::spawn_blocking(move || {
         let mut missing = Vec::new();
+        let mut errors = Vec::new();
         for topic in topics {
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), Timeout::After(limit))?;
-            let known = metadata.topics().iter().any(|found| {
-                found.name() == topic && found.error().is_none() && !found.partitions().is_empty()
-            });
-            if !known {
-                missing.push(topic);
+            let found = metadata.topics().iter().find(|found| found.name() == topic);
+            match found.map(|found| (found.error(), found.partitions().is_empty())) {
+                None | Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), _)) => {
+                    missing.push(topic)
+                }
+                Some((Some(error), _)) => {
+                    errors.push(format!("{topic}: {}", RDKafkaErrorCode::from(error)))
+                }
+                Some((None, true)) => missing.push(topic),
+                Some((None, false)) => {}
             }
         }
-        Ok::<_, KafkaError>(missing)
+        Ok::<_, KafkaError>((missing, errors))
     });
     match timeout(limit * 3, fetched).await {
-        Ok(Ok(Ok(missing))) if missing.is_empty() => Health::Ready,
-        Ok(Ok(Ok(missing))) => Health::MissingTopics(missing),
+        Ok(Ok(Ok((missing, _)))) if !missing.is_empty() => Health::MissingTopics(missing),
+        Ok(Ok(Ok((_, errors)))) if !errors.is_empty() => Health::TopicErrors(errors),
+        Ok(Ok(Ok(_))) => Health::Ready,
         Ok(Ok(Err(cause))) => Health::Unreachable(cause.to_string()),
         Ok(Err(cause)) => Health::Unreachable(cause.to_string()),
         Err(_) => Health::Unreachable(format!("no metadata within {:?}", limit * 3)),
@@ -488,8 +555,16 @@ async fn create_topics(settings: &KafkaSettings, topics: &[String]) {
     ] {
         config.remove(property);
     }
-    let admin: AdminClient<DefaultClientContext> = match config.create() {
-        Ok(admin) => admin,
+    // Creating a client reads TLS files and starts threads, so it runs on a blocking thread.
+    let created =
+        tokio::task::spawn_blocking(move || config.create::<AdminClient<DefaultClientContext>>())
+            .await;
+    let admin = match created {
+        Ok(Ok(admin)) => admin,
+        Ok(Err(cause)) => {
+            error!("Creating the Kafka admin client failed. cause={cause}");
+            return;
+        }
         Err(cause) => {
             error!("Creating the Kafka admin client failed. cause={cause}");
             return;
@@ -536,7 +611,7 @@ mod tests {
 
     #[test]
     fn errors_are_classified_by_code() {
-        let timeout = Duration::from_secs(5);
+        let timeout = Duration::from_millis(3_500);
         let permanent = [
             RDKafkaErrorCode::UnknownTopicOrPartition,
             RDKafkaErrorCode::TopicAuthorizationFailed,
@@ -563,7 +638,7 @@ mod tests {
             timeout,
         );
         assert!(
-            matches!(error, PublishError::Timeout(limit) if limit == Duration::from_secs(4)),
+            matches!(error, PublishError::Timeout(limit) if limit == timeout),
             "{error:?}"
         );
     }

@@ -235,7 +235,7 @@ async fn startup_logs_name_missing_topics_and_unreachable_brokers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_kafka_answers_503_at_once() {
+async fn unreachable_kafka_answers_503_in_time() {
     let closed = free_port();
     let app = spawn_app_with(|settings| {
         use_kafka(settings, &format!("127.0.0.1:{closed}"), &topic_id());
@@ -250,7 +250,7 @@ async fn unreachable_kafka_answers_503_at_once() {
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     assert!(
-        started.elapsed() < Duration::from_millis(app.settings.broker.publish_timeout_ms + 1_000),
+        started.elapsed() < Duration::from_millis(app.settings.broker.publish_timeout_ms + 500),
         "answered within the publish timeout"
     );
     assert!(app.keys().await.is_empty(), "the claim was released");

@@ -25,7 +25,7 @@ async fn spawn_on_mock_cluster() -> (MockCluster<'static, DefaultProducerContext
 }
 
 fn within_publish_timeout(app: &TestApp, took: Duration) -> bool {
-    took < Duration::from_millis(app.settings.broker.publish_timeout_ms + 1_000)
+    took < Duration::from_millis(app.settings.broker.publish_timeout_ms + 500)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,5 +235,60 @@ async fn forced_stop_reports_undelivered_messages() {
         log.contains("Kafka producer did not deliver every message within 1s. undelivered=1"),
         "{log}"
     );
+    remove_test_data(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_fatal_errors_back_off() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let id = topic_id();
+    let [completed_topic, failed_topic] = topics_of(&id);
+    for topic in [&completed_topic, &failed_topic] {
+        cluster.create_topic(topic, 1, 1).expect("mock topic");
+    }
+    let settings = test_settings();
+    let port = free_port();
+    let mut environment = bridge_environment(&settings, port);
+    for (key, value) in [
+        ("BROKER__KIND", "kafka"),
+        ("KAFKA__BROKERS", cluster.bootstrap_servers().as_str()),
+        ("KAFKA__TOPIC_COMPLETED", &completed_topic),
+        ("KAFKA__TOPIC_FAILED", &failed_topic),
+    ] {
+        environment.push((format!("WEBHOOK_BRIDGE__{key}"), value.to_owned()));
+    }
+    let bridge = BridgeProcess::spawn(environment);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ready(&http, &base).await;
+
+    // The first produce makes the producer fatal, and the broker then refuses a producer id
+    // to every new producer, so each rebuild ends in another fatal error.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 50],
+    );
+    let response = http
+        .post(format!("{base}/webhook"))
+        .header("content-type", "application/json")
+        .body(completed_body(&unique_task_id()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "a producer without a producer id is not ready");
+
+    let output = bridge.stop_with("TERM").await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    let rebuilds = log.matches("Built a new Kafka producer.").count();
+    // Delays of 0.2, 0.4, 0.8 and 1.6 s fit in 4 s; a fixed 0.2 s delay would allow 20.
+    assert!(rebuilds >= 2, "the producer was rebuilt: {log}");
+    assert!(rebuilds <= 5, "{rebuilds} rebuilds in 4 s: {log}");
     remove_test_data(&settings).await;
 }
