@@ -56,6 +56,7 @@ struct BridgeContext {
     last_logged: Mutex<Option<(String, Instant)>>,
 }
 
+/// State that librdkafka's error callback shares with the supervisor and `/readyz`.
 #[derive(Default)]
 struct ClientSignals {
     /// Set when librdkafka reports every broker down, until a check reaches the brokers.

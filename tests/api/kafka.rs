@@ -201,19 +201,11 @@ async fn startup_logs_name_missing_topics_and_unreachable_brokers() {
     ] {
         let settings = test_settings();
         let port = free_port();
-        let mut environment = bridge_environment(&settings, port);
-        for (key, value) in [
-            ("BROKER__KIND", "kafka".to_owned()),
-            ("KAFKA__BROKERS", brokers.to_owned()),
-            (
-                "KAFKA__TOPIC_COMPLETED",
-                format!("test.{missing}.completed"),
-            ),
-            ("KAFKA__TOPIC_FAILED", format!("test.{missing}.failed")),
-            ("KAFKA__METADATA_TIMEOUT_MS", "500".to_owned()),
-        ] {
-            environment.push((format!("WEBHOOK_BRIDGE__{key}"), value));
-        }
+        let mut environment = kafka_bridge_environment(&settings, port, brokers, &missing);
+        environment.push((
+            "WEBHOOK_BRIDGE__KAFKA__METADATA_TIMEOUT_MS".to_owned(),
+            "500".to_owned(),
+        ));
         let bridge = BridgeProcess::spawn(environment);
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
@@ -268,16 +260,11 @@ async fn sigterm_loses_no_accepted_event() {
     )
     .await;
     let port = free_port();
-    let mut environment = bridge_environment(&settings, port);
-    for (key, value) in [
-        ("BROKER__KIND", "kafka"),
-        ("KAFKA__BROKERS", KAFKA_BROKERS),
-        ("KAFKA__TOPIC_COMPLETED", &completed_topic),
-        ("KAFKA__TOPIC_FAILED", &failed_topic),
-        ("KAFKA__OPTIONS__SASL_PASSWORD", "kafka-hunter2"),
-    ] {
-        environment.push((format!("WEBHOOK_BRIDGE__{key}"), value.to_owned()));
-    }
+    let mut environment = kafka_bridge_environment(&settings, port, KAFKA_BROKERS, &id);
+    environment.push((
+        "WEBHOOK_BRIDGE__KAFKA__OPTIONS__SASL_PASSWORD".to_owned(),
+        "kafka-hunter2".to_owned(),
+    ));
     let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");

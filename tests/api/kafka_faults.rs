@@ -13,11 +13,8 @@ use crate::kafka_support::*;
 
 /// Starts a one-broker mock cluster with the test's two topics, and a bridge publishing to it.
 async fn spawn_on_mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, TestApp) {
-    let cluster = MockCluster::new(1).expect("mock cluster");
     let id = topic_id();
-    for topic in topics_of(&id) {
-        cluster.create_topic(&topic, 1, 1).expect("mock topic");
-    }
+    let cluster = mock_cluster(&id);
     let brokers = cluster.bootstrap_servers();
     let app = spawn_app_with(|settings| use_kafka(settings, &brokers, &id)).await;
     app.wait_ready(200, Duration::from_secs(10)).await;
@@ -185,24 +182,16 @@ async fn fatal_producer_error_builds_a_new_producer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_stop_reports_undelivered_messages() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
     let id = topic_id();
-    let [completed_topic, failed_topic] = topics_of(&id);
-    for topic in [&completed_topic, &failed_topic] {
-        cluster.create_topic(topic, 1, 1).expect("mock topic");
-    }
+    let cluster = mock_cluster(&id);
     let settings = test_settings();
     let port = free_port();
-    let mut environment = bridge_environment(&settings, port);
-    for (key, value) in [
-        ("BROKER__KIND", "kafka"),
-        ("KAFKA__BROKERS", cluster.bootstrap_servers().as_str()),
-        ("KAFKA__TOPIC_COMPLETED", &completed_topic),
-        ("KAFKA__TOPIC_FAILED", &failed_topic),
-        ("KAFKA__FLUSH_TIMEOUT_MS", "1000"),
-    ] {
-        environment.push((format!("WEBHOOK_BRIDGE__{key}"), value.to_owned()));
-    }
+    let mut environment =
+        kafka_bridge_environment(&settings, port, &cluster.bootstrap_servers(), &id);
+    environment.push((
+        "WEBHOOK_BRIDGE__KAFKA__FLUSH_TIMEOUT_MS".to_owned(),
+        "1000".to_owned(),
+    ));
     let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -240,23 +229,11 @@ async fn forced_stop_reports_undelivered_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_fatal_errors_back_off() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
     let id = topic_id();
-    let [completed_topic, failed_topic] = topics_of(&id);
-    for topic in [&completed_topic, &failed_topic] {
-        cluster.create_topic(topic, 1, 1).expect("mock topic");
-    }
+    let cluster = mock_cluster(&id);
     let settings = test_settings();
     let port = free_port();
-    let mut environment = bridge_environment(&settings, port);
-    for (key, value) in [
-        ("BROKER__KIND", "kafka"),
-        ("KAFKA__BROKERS", cluster.bootstrap_servers().as_str()),
-        ("KAFKA__TOPIC_COMPLETED", &completed_topic),
-        ("KAFKA__TOPIC_FAILED", &failed_topic),
-    ] {
-        environment.push((format!("WEBHOOK_BRIDGE__{key}"), value.to_owned()));
-    }
+    let environment = kafka_bridge_environment(&settings, port, &cluster.bootstrap_servers(), &id);
     let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -282,7 +259,11 @@ async fn repeated_fatal_errors_back_off() {
     assert_eq!(response.status(), 503);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "a producer without a producer id is not ready");
+    assert_eq!(
+        ready.status(),
+        503,
+        "a producer without a producer id is not ready"
+    );
 
     let output = bridge.stop_with("TERM").await;
     let log = String::from_utf8_lossy(&output.stderr);

@@ -8,12 +8,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use webhook_bridge::Settings;
 use webhook_bridge::config::BrokerKind;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, bridge_environment, spawn_app_with};
 
 /// The Kafka-protocol broker that `scripts/test` starts (tansu).
 pub const KAFKA_BROKERS: &str = "127.0.0.1:9092";
@@ -55,6 +57,36 @@ pub fn topics(settings: &Settings) -> [String; 2] {
         settings.kafka.topic_completed.clone(),
         settings.kafka.topic_failed.clone(),
     ]
+}
+
+/// Returns the environment of a bridge process that listens on `port` and publishes to the
+/// topics of `id` on `brokers`, with the test's key prefix from `settings`.
+pub fn kafka_bridge_environment(
+    settings: &Settings,
+    port: u16,
+    brokers: &str,
+    id: &str,
+) -> Vec<(String, String)> {
+    let [completed_topic, failed_topic] = topics_of(id);
+    let mut environment = bridge_environment(settings, port);
+    for (key, value) in [
+        ("BROKER__KIND", "kafka".to_owned()),
+        ("KAFKA__BROKERS", brokers.to_owned()),
+        ("KAFKA__TOPIC_COMPLETED", completed_topic),
+        ("KAFKA__TOPIC_FAILED", failed_topic),
+    ] {
+        environment.push((format!("WEBHOOK_BRIDGE__{key}"), value));
+    }
+    environment
+}
+
+/// Starts a one-broker librdkafka mock cluster that holds the topics of `id`.
+pub fn mock_cluster(id: &str) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for topic in topics_of(id) {
+        cluster.create_topic(&topic, 1, 1).expect("mock topic");
+    }
+    cluster
 }
 
 /// Creates the test's topics on `brokers`, then starts the bridge against them and waits
