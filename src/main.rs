@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info};
+use webhook_bridge::startup::StartupError;
 use webhook_bridge::{Application, Settings};
 
 /// Log filter when `RUST_LOG` is unset. lapin reports its I/O loop through `tracing`,
@@ -48,6 +49,12 @@ async fn main() -> ExitCode {
     };
     let app = match Application::build(settings.clone(), listener).await {
         Ok(app) => app,
+        // librdkafka checks some combinations of properties only when the client is created.
+        Err(cause @ StartupError::Kafka(_)) => {
+            let cause = settings.kafka.options.redact(&cause.to_string());
+            error!("invalid configuration: kafka.options: {cause}");
+            return ExitCode::from(2);
+        }
         Err(cause) => {
             error!("{cause}");
             return ExitCode::FAILURE;
@@ -58,14 +65,18 @@ async fn main() -> ExitCode {
         settings.server.webhook_path
     );
 
-    match app.run_until_stopped().await {
+    let code = match app.run_until_stopped().await {
         Ok(()) => {
             info!("Stopped.");
-            ExitCode::SUCCESS
+            0
         }
         Err(cause) => {
             error!("Server failed. cause={cause}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Returning would drop the runtime, which waits for every blocking task, such as a Kafka
+    // metadata request that may run for kafka.metadata_timeout_ms. The broker clients have
+    // flushed and closed by now, so nothing is left to finish.
+    std::process::exit(code)
 }

@@ -29,7 +29,7 @@ const RABBITMQ_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StartupError {
     #[error("invalid Redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("invalid Kafka configuration: {0}")]
+    #[error("{0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("failed to start the HTTP server: {0}")]
     Io(#[from] std::io::Error),

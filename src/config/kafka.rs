@@ -42,7 +42,7 @@ const OWNED_PROPERTIES: [(&str, &str); 4] = [
 
 /// Producer properties whose values decide the delivery guarantees. librdkafka also accepts
 /// them with a `topic.` prefix, which `kafka.options` must not use for them, so that one
-/// name holds the effective value.
+/// name carries the effective value.
 const GUARDED_PROPERTIES: [&str; 10] = [
     "acks",
     "request.required.acks",
@@ -125,10 +125,15 @@ impl Default for KafkaSettings {
 
 impl KafkaSettings {
     pub(super) fn validate(&self, publish_timeout_ms: u64) -> Result<(), ConfigError> {
-        if self.brokers.split(',').any(|broker| {
-            let broker = broker.trim();
-            broker.is_empty() || !broker.contains(':') || broker.contains("://")
-        }) {
+        let invalid_broker = |broker: &str| {
+            let Some((host, port)) = broker.trim().rsplit_once(':') else {
+                return true;
+            };
+            host.is_empty()
+                || host.contains("://")
+                || !port.parse::<u16>().is_ok_and(|port| port > 0)
+        };
+        if self.brokers.split(',').any(invalid_broker) {
             return Err(ConfigError::new(
                 "kafka.brokers",
                 "must list host:port pairs separated by commas, such as kafka-1:9092,kafka-2:9092",
@@ -240,7 +245,7 @@ impl KafkaSettings {
 /// Returns the default and largest `message.timeout.ms`: the publish timeout less the tenth
 /// that the local queue wait may take and librdkafka's one-second timeout scan, but at least
 /// half the publish timeout. librdkafka then usually gives its verdict on a message before
-/// the request stops waiting for it; for publish timeouts below about 2.2 s it may not.
+/// the request stops waiting for it. With publish timeouts below 2.5 s it may not.
 pub fn delivery_timeout(publish_timeout: Duration) -> Duration {
     let millis = publish_timeout.as_millis() as u64;
     let budget = millis.saturating_sub(millis / 10 + TIMEOUT_SCAN_INTERVAL_MS);
@@ -402,9 +407,18 @@ impl KafkaOptions {
         Ok(())
     }
 
+    /// Returns the values of the secret properties, for redacting librdkafka's messages.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(name, value)| Self::is_secret(name) && !value.is_empty())
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
     /// Replaces the values of secret properties inside `text`, such as an error message of
     /// librdkafka that quotes the value it rejected.
-    fn redact(&self, text: &str) -> String {
+    pub fn redact(&self, text: &str) -> String {
         self.0
             .iter()
             .filter(|(name, value)| Self::is_secret(name) && !value.is_empty())
@@ -504,6 +518,12 @@ impl<'de> Deserialize<'de> for OptionValue {
             }
 
             fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+
+            // Accepted rather than rejected, because serde's error would quote the value,
+            // and it may be a secret.
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
                 Ok(OptionValue(value.to_string()))
             }
         }
@@ -748,6 +768,8 @@ mod tests {
         let cases = [
             ("BROKERS", "kafka://k1:9092", "kafka.brokers"),
             ("BROKERS", "k1", "kafka.brokers"),
+            ("BROKERS", "127.0.0.1:70000", "kafka.brokers"),
+            ("BROKERS", "k1:9092,", "kafka.brokers"),
             ("TOPIC_COMPLETED", "task completed", "kafka.topic_completed"),
             ("TOPIC_FAILED", "task.completed", "kafka.topic_failed"),
             ("TOPIC_PARTITIONS", "0", "kafka.topic_partitions"),

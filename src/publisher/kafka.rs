@@ -3,15 +3,17 @@
 //! the two topics for readiness, creates missing topics when configured to, and rebuilds
 //! the producer after a fatal error.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -41,8 +43,14 @@ const MAX_REBUILD_DELAY: Duration = Duration::from_secs(30);
 /// A producer that lived this long without a fatal error resets the rebuild delay.
 const STABLE_PRODUCER_AGE: Duration = Duration::from_secs(60);
 
-/// An error repeated within this time is the second delivery of the same event.
-const DUPLICATE_ERROR_WINDOW: Duration = Duration::from_millis(100);
+/// Number of publishes in a row that fail with a producer state error (such as a fenced or
+/// unknown producer id) after which the producer is replaced. librdkafka does not always
+/// treat these as fatal, and a broker that lost the producer's state rejects it for good.
+const WEDGED_AFTER_ERRORS: u32 = 3;
+
+/// librdkafka repeats the same error, such as every failed reconnect during an outage, so
+/// each error code is logged at most once in this time, with a count of the rest.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 type KafkaProducer = FutureProducer<BridgeContext>;
 
@@ -51,9 +59,29 @@ type KafkaProducer = FutureProducer<BridgeContext>;
 /// Brokers reported down make the bridge not ready until the next check reaches them.
 struct BridgeContext {
     signals: Arc<ClientSignals>,
-    /// The last error logged, because rust-rdkafka 0.38 passes each error event to this
-    /// callback twice (once from `Client::poll_event`, once from `BaseProducer::poll`).
-    last_logged: Mutex<Option<(String, Instant)>>,
+    /// Per error code: when it was last logged, and how many reports were left out since.
+    /// rust-rdkafka 0.38 also passes each error event to the callback twice (once from
+    /// `Client::poll_event`, once from `BaseProducer::poll`).
+    error_log: Mutex<HashMap<String, (Option<Instant>, u64)>>,
+    /// Values of secret `kafka.options`, which librdkafka may quote in its messages.
+    secrets: Vec<String>,
+}
+
+impl BridgeContext {
+    /// Replaces secret option values in a librdkafka message. librdkafka may quote only a
+    /// part of a value, such as the rest of `sasl.oauthbearer.config` from a parse error, so
+    /// every word of four or more characters of a secret is replaced too.
+    fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+            let words = secret.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | ';'));
+            for word in words.filter(|word| word.chars().count() >= 4) {
+                text = text.replace(word, "***");
+            }
+        }
+        text
+    }
 }
 
 /// State that librdkafka's error callback shares with the supervisor and `/readyz`.
@@ -66,6 +94,10 @@ struct ClientSignals {
     down_reports: AtomicU64,
     /// Wakes the supervisor after an error report.
     error_reported: Notify,
+    /// Publishes in a row that failed with a producer state error.
+    producer_state_errors: AtomicU32,
+    /// Set once the producer should be replaced although librdkafka raised no fatal error.
+    replacement_requested: AtomicBool,
 }
 
 impl ClientContext for BridgeContext {
@@ -76,17 +108,44 @@ impl ClientContext for BridgeContext {
         }
         self.signals.error_reported.notify_one();
 
-        let line = format!("{error}: {reason}");
-        let mut last = self
-            .last_logged
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_owned(), |code| format!("{code:?}"));
+        let mut error_log = self
+            .error_log
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let repeated = last.as_ref().is_some_and(|(previous, at)| {
-            *previous == line && at.elapsed() < DUPLICATE_ERROR_WINDOW
-        });
-        if !repeated {
-            warn!("Kafka client error. cause={line}");
-            *last = Some((line, Instant::now()));
+        let entry = error_log.entry(code).or_insert((None, 0));
+        if entry
+            .0
+            .is_some_and(|logged| logged.elapsed() < ERROR_LOG_INTERVAL)
+        {
+            entry.1 += 1;
+            return;
+        }
+        let left_out = std::mem::replace(entry, (Some(Instant::now()), 0)).1;
+        let cause = self.redact(&format!("{error}: {reason}"));
+        warn!("Kafka client error. cause={cause} repeats_not_logged={left_out}");
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let message = self.redact(message);
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                debug!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
         }
     }
 }
@@ -280,6 +339,7 @@ impl Publisher for KafkaPublisher {
             });
         }
         let producer = shared.producer();
+        let signals = shared.signals();
         let record = FutureRecord::to(topic)
             .key(event.task_id.as_str())
             .payload(&event.payload)
@@ -292,8 +352,27 @@ impl Publisher for KafkaPublisher {
 
         let result = match delivered {
             Err(_) => Err(PublishError::Timeout(shared.publish_timeout)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((cause, _message))) => Err(classify(&cause, shared.delivery_timeout)),
+            Ok(Ok(_)) => {
+                signals.producer_state_errors.store(0, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(Err((cause, _message))) => {
+                if let Some(code) = cause
+                    .rdkafka_error_code()
+                    .filter(|code| is_producer_state_error(*code))
+                {
+                    let count = signals.producer_state_errors.fetch_add(1, Ordering::SeqCst) + 1;
+                    if count >= WEDGED_AFTER_ERRORS
+                        && !signals.replacement_requested.swap(true, Ordering::SeqCst)
+                    {
+                        warn!(
+                            "Kafka producer failed {count} publishes in a row with producer state errors; building a new producer. cause={code}"
+                        );
+                        signals.error_reported.notify_one();
+                    }
+                }
+                Err(classify(&cause, shared.delivery_timeout))
+            }
         };
         shared.record_outcome(matches!(result, Err(PublishError::Timeout(_))));
         result
@@ -302,9 +381,11 @@ impl Publisher for KafkaPublisher {
     fn is_connected(&self) -> bool {
         let shared = &self.shared;
         let stalled = shared.stalled_until_ms.load(Ordering::SeqCst) > shared.elapsed_ms();
-        let fatal = shared.producer().client().fatal_error().is_some();
-        let brokers_down = shared.signals().brokers_down.load(Ordering::SeqCst);
-        shared.health() == Health::Ready && !stalled && !fatal && !brokers_down
+        let signals = shared.signals();
+        let broken = shared.producer().client().fatal_error().is_some()
+            || signals.replacement_requested.load(Ordering::SeqCst);
+        let brokers_down = signals.brokers_down.load(Ordering::SeqCst);
+        shared.health() == Health::Ready && !stalled && !broken && !brokers_down
     }
 
     async fn shutdown(&self, limit: Duration) {
@@ -351,6 +432,21 @@ fn classify(cause: &KafkaError, delivery_timeout: Duration) -> PublishError {
     }
 }
 
+/// Errors that mean the broker rejects the idempotent producer's id or epoch, or that the
+/// two disagree on its sequence numbers.
+fn is_producer_state_error(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        ProducerFenced
+            | Fenced
+            | InvalidProducerEpoch
+            | UnknownProducerId
+            | InvalidProducerIdMapping
+            | OutOfOrderSequenceNumber
+    )
+}
+
 /// Errors that repeat until the configuration, the topics or the broker's settings change.
 fn is_permanent(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
@@ -387,7 +483,8 @@ fn build_producer(
     let signals = Arc::new(ClientSignals::default());
     let context = BridgeContext {
         signals: signals.clone(),
-        last_logged: Mutex::new(None),
+        error_log: Mutex::new(HashMap::new()),
+        secrets: settings.options.secret_values(),
     };
     let config = settings.producer_config(publish_timeout);
     let producer = KafkaProducer::from_config_and_context(&config, context)?;
@@ -395,7 +492,7 @@ fn build_producer(
 }
 
 /// Checks the brokers and topics at every interval, and rebuilds the producer after a fatal
-/// error, until shutdown.
+/// error or repeated producer state errors, until shutdown.
 async fn supervise(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.settings.health_check_interval_ms);
     let mut rebuild_delay = MIN_REBUILD_DELAY;
@@ -403,7 +500,14 @@ async fn supervise(shared: Arc<Shared>) {
     let mut producer_built = Instant::now();
     loop {
         let signals = shared.signals();
-        if let Some((code, reason)) = shared.producer().client().fatal_error() {
+        let cause = match shared.producer().client().fatal_error() {
+            Some((code, reason)) => Some(format!("fatal error {code}: {reason}")),
+            None if signals.replacement_requested.load(Ordering::SeqCst) => {
+                Some("repeated producer state errors".to_owned())
+            }
+            None => None,
+        };
+        if let Some(cause) = cause {
             if producer_built.elapsed() >= STABLE_PRODUCER_AGE {
                 rebuild_delay = MIN_REBUILD_DELAY;
                 rebuilds_in_a_row = 0;
@@ -412,7 +516,7 @@ async fn supervise(shared: Arc<Shared>) {
             // A broker that fails every new producer would repeat this line at each rebuild.
             if rebuilds_in_a_row <= 3 || rebuilds_in_a_row.is_power_of_two() {
                 error!(
-                    "Kafka producer hit a fatal error; building a new producer in {rebuild_delay:?}. rebuilds_in_a_row={rebuilds_in_a_row} cause={code}: {reason}"
+                    "Kafka producer can no longer publish; building a new producer in {rebuild_delay:?}. rebuilds_in_a_row={rebuilds_in_a_row} cause={cause}"
                 );
             }
             tokio::select! {
@@ -443,10 +547,10 @@ async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// Replaces a producer that hit a fatal error, and returns whether it did. The old producer's
-/// unfinished messages have failed already. Creating and dropping a producer block their
-/// thread (TLS files are read, threads are joined), so both run on blocking threads; the old
-/// one is dropped once the requests still holding it finished.
+/// Replaces a producer that can no longer publish, and returns whether it did. The old
+/// producer's unfinished messages have failed already. Creating and dropping a producer block
+/// their thread (TLS files are read, threads are joined), so both run on blocking threads.
+/// The old producer is dropped once the requests still holding it have finished.
 async fn rebuild(shared: &Shared) -> bool {
     let settings = shared.settings.clone();
     let publish_timeout = shared.publish_timeout;
@@ -477,7 +581,7 @@ async fn rebuild(shared: &Shared) -> bool {
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = signals;
     info!("Built a new Kafka producer.");
 
-    // A request holds the producer for at most its publish timeout.
+    // A request keeps its reference to the producer for at most its publish timeout.
     let retire_wait = shared.publish_timeout * 2;
     tokio::spawn(async move {
         let deadline = Instant::now() + retire_wait;
@@ -509,7 +613,7 @@ async fn fetch_topics(shared: &Shared) -> Health {
         shared.settings.topic_completed.clone(),
         shared.settings.topic_failed.clone(),
     ];
-    // fetch_metadata blocks its thread until the broker answers or the limit passes.
+    // fetch_metadata blocks its thread until the broker replies or the limit passes.
     let fetched = tokio::task::spawn_blocking(move || {
         let mut missing = Vec::new();
         let mut errors = Vec::new();

@@ -43,6 +43,22 @@ fn invalid_url_error_hides_password() {
 }
 
 #[test]
+fn kafka_client_rejection_stops_startup() {
+    // librdkafka checks this combination only when the producer is created.
+    let (code, log) = run_with(&[
+        ("WEBHOOK_BRIDGE__SERVER__LISTEN", "127.0.0.1:0"),
+        ("WEBHOOK_BRIDGE__BROKER__KIND", "kafka"),
+        ("WEBHOOK_BRIDGE__KAFKA__OPTIONS__MAX_IN_FLIGHT", "100"),
+    ]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("invalid configuration: kafka.options: Client creation error"),
+        "{log}"
+    );
+    assert!(log.contains("max.in.flight"), "{log}");
+}
+
+#[test]
 fn missing_config_file_stops_startup() {
     let output = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
         .args(["--config", "/nonexistent/webhook-bridge.toml"])

@@ -342,3 +342,39 @@ async fn sigterm_loses_no_accepted_event() {
     remove_test_data(&settings).await;
     delete_topics(KAFKA_BROKERS, &[completed_topic, failed_topic]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_messages_hide_secret_options() {
+    let settings = test_settings();
+    let port = free_port();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let mut environment = kafka_bridge_environment(&settings, port, &closed, &topic_id());
+    // librdkafka rejects this token configuration and quotes its second half in the error.
+    for (key, value) in [
+        ("SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("SASL_MECHANISMS", "OAUTHBEARER"),
+        ("ENABLE_SASL_OAUTHBEARER_UNSECURE_JWT", "true"),
+        ("SASL_OAUTHBEARER_CONFIG", "principal=bob hunter2LEAKME"),
+    ] {
+        environment.push((
+            format!("WEBHOOK_BRIDGE__KAFKA__OPTIONS__{key}"),
+            value.to_owned(),
+        ));
+    }
+    let bridge = BridgeProcess::spawn(environment);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let output = bridge.stop_with("TERM").await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("Unrecognized sasl.oauthbearer.config beginning at: ***"),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+}

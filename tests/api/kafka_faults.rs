@@ -10,6 +10,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::helpers::*;
 use crate::kafka_support::*;
+use crate::proxy::{Mode, Proxy};
 
 /// Starts a one-broker mock cluster with the test's two topics, and a bridge publishing to it.
 async fn spawn_on_mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, TestApp) {
@@ -272,4 +273,99 @@ async fn repeated_fatal_errors_back_off() {
     assert!(rebuilds >= 2, "the producer was rebuilt: {log}");
     assert!(rebuilds <= 5, "{rebuilds} rebuilds in 4 s: {log}");
     remove_test_data(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_producer_is_replaced() {
+    let id = topic_id();
+    let cluster = mock_cluster(&id);
+    let settings = test_settings();
+    let port = free_port();
+    let environment = kafka_bridge_environment(&settings, port, &cluster.bootstrap_servers(), &id);
+    let bridge = BridgeProcess::spawn(environment);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ready(&http, &base).await;
+
+    // librdkafka reports a fenced producer to each message without raising a fatal error,
+    // so the producer would keep its rejected id.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 3],
+    );
+    let post = |task_id: String| {
+        http.post(format!("{base}/webhook"))
+            .header("content-type", "application/json")
+            .body(completed_body(&task_id))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(post(unique_task_id()).await.unwrap().status(), 503);
+    }
+    wait_until_ready(&http, &base).await;
+    assert_eq!(post(unique_task_id()).await.unwrap().status(), 200);
+
+    let output = bridge.stop_with("TERM").await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("Kafka producer failed 3 publishes in a row with producer state errors"),
+        "{log}"
+    );
+    assert!(log.contains("Built a new Kafka producer."), "{log}");
+    remove_test_data(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_does_not_wait_for_a_silent_broker() {
+    // A broker that accepts connections and never replies keeps each metadata request
+    // waiting for the whole kafka.metadata_timeout_ms.
+    let proxy = Proxy::start(KAFKA_BROKERS.parse().unwrap()).await;
+    proxy.set(Mode::Stall);
+    let settings = test_settings();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{}", proxy.port());
+    let mut environment = kafka_bridge_environment(&settings, port, &brokers, &topic_id());
+    environment.push((
+        "WEBHOOK_BRIDGE__KAFKA__METADATA_TIMEOUT_MS".to_owned(),
+        "60000".to_owned(),
+    ));
+    let bridge = BridgeProcess::spawn(environment);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stopping = Instant::now();
+    let output = bridge.stop_with("TERM").await;
+    let took = stopping.elapsed();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    // The producer flush may take kafka.flush_timeout_ms (5 s by default).
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_brokers_do_not_flood_the_log() {
+    let settings = test_settings();
+    let port = free_port();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let environment = kafka_bridge_environment(&settings, port, &closed, &topic_id());
+    let bridge = BridgeProcess::spawn(environment);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // librdkafka reports each failed reconnect, several times a second at first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let output = bridge.stop_with("TERM").await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    let lines = log.matches("Kafka client error.").count();
+    assert!(lines >= 1, "the outage is logged: {log}");
+    assert!(lines <= 3, "one line per error code: {log}");
 }
