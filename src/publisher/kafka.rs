@@ -176,7 +176,6 @@ struct Shared {
     /// publish timed out; 0 when none did. The next delivery clears it.
     stalled_until_ms: AtomicU64,
     started: Instant,
-    stop: Notify,
     checked: watch::Sender<bool>,
 }
 
@@ -204,6 +203,15 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Returns whether the last check found `topic` missing.
+    fn is_missing(&self, topic: &str) -> bool {
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        matches!(&*health, Health::MissingTopics(missing) if missing.iter().any(|name| name == topic))
     }
 
     /// Stores the result of a check, and logs it when it differs from the previous one.
@@ -280,7 +288,6 @@ impl KafkaPublisher {
             health: Mutex::new(Health::Unknown),
             stalled_until_ms: AtomicU64::new(0),
             started: Instant::now(),
-            stop: Notify::new(),
             checked,
         });
         let supervisor = tokio::spawn(supervise(shared.clone()));
@@ -330,9 +337,7 @@ impl Publisher for KafkaPublisher {
         let topic = shared.settings.topic(event.event_type);
         // librdkafka would hold the message until its timeout. If the topic appeared
         // meanwhile, it would deliver the message after the provider got its 503.
-        if let Health::MissingTopics(missing) = shared.health()
-            && missing.iter().any(|name| name == topic)
-        {
+        if shared.is_missing(topic) {
             return Err(PublishError::Rejected {
                 reason: format!("topic {topic} does not exist"),
                 retriable: false,
@@ -492,7 +497,7 @@ fn build_producer(
 }
 
 /// Checks the brokers and topics at every interval, and rebuilds the producer after a fatal
-/// error or repeated producer state errors, until shutdown.
+/// error or repeated producer state errors. Shutdown aborts it.
 async fn supervise(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.settings.health_check_interval_ms);
     let mut rebuild_delay = MIN_REBUILD_DELAY;
@@ -519,10 +524,7 @@ async fn supervise(shared: Arc<Shared>) {
                     "Kafka producer can no longer publish; building a new producer in {rebuild_delay:?}. rebuilds_in_a_row={rebuilds_in_a_row} cause={cause}"
                 );
             }
-            tokio::select! {
-                () = sleep(rebuild_delay) => {}
-                () = shared.stop.notified() => return,
-            }
+            sleep(rebuild_delay).await;
             rebuild_delay = (rebuild_delay * 2).min(MAX_REBUILD_DELAY);
             if rebuild(&shared).await {
                 producer_built = Instant::now();
@@ -542,7 +544,6 @@ async fn supervise(shared: Arc<Shared>) {
         tokio::select! {
             () = sleep(interval) => {}
             () = signals.error_reported.notified() => {}
-            () = shared.stop.notified() => return,
         }
     }
 }
