@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Load benchmark of webhook-bridge against the local Redis (127.0.0.1:6379) and RabbitMQ
-# (127.0.0.1:5672, guest/guest). Run it from anywhere, as root or with sudo rights for apt-get:
+# (127.0.0.1:5672, guest/guest), or Kafka (127.0.0.1:9092) with BENCH_BROKER=kafka. Run it
+# from anywhere, as root or with sudo rights for apt-get:
 #
 #   bench/run.sh
+#   BENCH_BROKER=kafka bench/run.sh
 #
 # Steps:
 #   1. Install wrk from Debian if it is missing, and build the release bridge and the
-#      ceiling client (bench/ceiling.rs).
-#   2. Start the bridge with an exchange, queues and Redis key prefix named after the run.
+#      ceiling clients (bench/ceiling.rs for RabbitMQ, bench/kafka_ceiling.rs for Kafka).
+#   2. Start the bridge with an exchange and queues (or topics) and a Redis key prefix named
+#      after the run.
 #   3. Drive it with wrk and bench/callbacks.lua, read its peak RSS (VmHWM), and stop it.
-#   4. Publish straight to RabbitMQ with the ceiling client at the same concurrency.
+#   4. Publish straight to the broker with the ceiling client at the same concurrency.
 #   5. Print a summary.
 # Before each of the two load phases the script waits, at most 60 s, for the machine to be
 # idle. A run with the defaults takes about 1.5 minutes once built. The run's exchanges,
-# queues and Redis keys are deleted at the end, also after an error or Ctrl-C. Logs and raw
-# outputs stay in target/bench/<run id>/.
+# queues, topics and Redis keys are deleted at the end, also after an error or Ctrl-C. Logs and
+# raw outputs stay in target/bench/<run id>/.
 #
 # Settings, as environment variables (default in brackets):
 #   BENCH_CONNECTIONS         wrk connections, and publishes in flight in the ceiling [64]
@@ -24,6 +27,7 @@
 #   BENCH_FAILED_PERCENT      share of new callbacks with status "failed" [20]
 #   BENCH_WORKERS             bridge HTTP worker threads, 0 for one per CPU core [0]
 #   BENCH_PORT                loopback port the bridge listens on [18080]
+#   BENCH_BROKER              rabbitmq or kafka [rabbitmq]
 set -euo pipefail
 
 connections=${BENCH_CONNECTIONS:-64}
@@ -33,6 +37,7 @@ redelivery_percent=${BENCH_REDELIVERY_PERCENT:-10}
 failed_percent=${BENCH_FAILED_PERCENT:-20}
 workers=${BENCH_WORKERS:-0}
 port=${BENCH_PORT:-18080}
+broker=${BENCH_BROKER:-rabbitmq}
 
 # Limits that keep every wait in this script bounded.
 readonly READY_TIMEOUT_SECS=30
@@ -44,6 +49,7 @@ readonly IDLE_MAX_CORES=0.2
 readonly REDIS_HOST=127.0.0.1
 readonly REDIS_PORT=6379
 readonly AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
+readonly KAFKA_BROKERS=127.0.0.1:9092
 
 fail() {
     echo "bench/run.sh: $*" >&2
@@ -59,6 +65,8 @@ done
 ((duration_secs >= 1 && duration_secs <= 3600)) || fail "BENCH_DURATION_SECS must be 1 to 3600"
 ((redelivery_percent <= 100 && failed_percent <= 100)) || fail "percentages must be 0 to 100"
 ((port >= 1024 && port <= 65535)) || fail "BENCH_PORT must be 1024 to 65535"
+[[ $broker == rabbitmq || $broker == kafka ]] ||
+    fail "BENCH_BROKER must be rabbitmq or kafka, got '$broker'"
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -76,6 +84,7 @@ log_dir="$repo/target/bench/$run_id"
 
 bridge_bin="$repo/target/release/webhook-bridge"
 ceiling_bin="$repo/target/release/examples/rabbitmq_ceiling"
+kafka_ceiling_bin="$repo/target/release/examples/kafka_ceiling"
 bridge_pid=""
 cleaned_up=0
 
@@ -93,10 +102,17 @@ delete_redis_keys() {
         xargs -r -n 500 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" UNLINK >/dev/null
 }
 
-# Deletes an exchange and its two queues, and prints "deleted queue=NAME messages=N" per queue.
+# Deletes an exchange and its two queues, and prints "deleted queue=NAME messages=N" per
+# queue. On Kafka, deletes the two topics named like the queues and prints
+# "deleted topic=NAME messages=N" per topic.
 delete_topology() {
-    "$ceiling_bin" --url "$AMQP_URL" --exchange "$1" --queue-completed "$2" \
-        --queue-failed "$3" --delete-only
+    if [[ $broker == kafka ]]; then
+        "$kafka_ceiling_bin" --brokers "$KAFKA_BROKERS" --topic-completed "$2" \
+            --topic-failed "$3" --delete-only
+    else
+        "$ceiling_bin" --url "$AMQP_URL" --exchange "$1" --queue-completed "$2" \
+            --queue-failed "$3" --delete-only
+    fi
 }
 
 stop_bridge() {
@@ -124,7 +140,7 @@ cleanup() {
     cleaned_up=1
     trap - INT TERM
     stop_bridge
-    if [[ -x $ceiling_bin ]]; then
+    if [[ -x $ceiling_bin && -x $kafka_ceiling_bin ]]; then
         delete_topology "$bridge_exchange" "$bridge_queue_completed" "$bridge_queue_failed" \
             >/dev/null || echo "Deleting exchange $bridge_exchange and its queues failed." >&2
         delete_topology "$ceiling_exchange" "$ceiling_queue_completed" "$ceiling_queue_failed" \
@@ -185,7 +201,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain -- src Cargo.lock 2>/dev/null) ]]; then
     commit="$commit with uncommitted changes in src/ or Cargo.lock"
 fi
-echo "Run $run_id: $connections connections, $threads wrk threads, ${duration_secs} s," \
+echo "Run $run_id on $broker: $connections connections, $threads wrk threads, ${duration_secs} s," \
     "${redelivery_percent}% re-deliveries, ${failed_percent}% failed callbacks."
 
 # 1. Tools and builds.
@@ -196,7 +212,7 @@ if ! command -v wrk >/dev/null; then
     apt-get update
     apt-get install -y wrk
 fi
-cargo build --release --bin webhook-bridge --example rabbitmq_ceiling
+cargo build --release --bin webhook-bridge --example rabbitmq_ceiling --example kafka_ceiling
 
 [[ $(redis ping 2>/dev/null) == PONG ]] || fail "Redis did not reply to PING at $REDIS_HOST:$REDIS_PORT"
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -204,7 +220,19 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 
 # 2. Start the bridge on this run's topology and key prefix.
-RUST_LOG=warn \
+broker_environment=()
+if [[ $broker == kafka ]]; then
+    "$kafka_ceiling_bin" --brokers "$KAFKA_BROKERS" --topic-completed "$bridge_queue_completed" \
+        --topic-failed "$bridge_queue_failed" --create-only ||
+        fail "creating the Kafka topics failed. Is a Kafka broker listening on $KAFKA_BROKERS?"
+    broker_environment=(
+        WEBHOOK_BRIDGE__BROKER__KIND=kafka
+        WEBHOOK_BRIDGE__KAFKA__BROKERS="$KAFKA_BROKERS"
+        WEBHOOK_BRIDGE__KAFKA__TOPIC_COMPLETED="$bridge_queue_completed"
+        WEBHOOK_BRIDGE__KAFKA__TOPIC_FAILED="$bridge_queue_failed"
+    )
+fi
+env "${broker_environment[@]}" RUST_LOG=warn \
     WEBHOOK_BRIDGE__SERVER__LISTEN="127.0.0.1:$port" \
     WEBHOOK_BRIDGE__SERVER__ACCESS_LOG=false \
     WEBHOOK_BRIDGE__SERVER__WORKERS="$workers" \
@@ -248,24 +276,31 @@ peak_rss_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$bridge_pid/status")
 bridge_cpu=$(awk -v a="$cpu_after" -v b="$cpu_before" 'BEGIN { printf "%.2f", a - b }')
 stop_bridge
 
-# Every published event is in a queue and has one dedup key. The queues may hold up to one
-# event per connection more than wrk counted, because wrk drops the responses still in
+# Every published event is in a queue (or topic) and has one dedup key. The queues may hold up
+# to one event per connection more than wrk counted, because wrk drops the responses still in
 # flight when its duration ends, but never fewer.
 redis_keys=$(count_redis_keys)
 delete_topology "$bridge_exchange" "$bridge_queue_completed" "$bridge_queue_failed" |
     tee "$log_dir/bridge-queues.txt"
-queued=$(sed -n 's/^deleted queue=.* messages=//p' "$log_dir/bridge-queues.txt" |
+queued=$(sed -n -E 's/^deleted (queue|topic)=.* messages=//p' "$log_dir/bridge-queues.txt" |
     awk '{ total += $1 } END { print total + 0 }')
 delete_redis_keys
 
-# 4. The ceiling: the same publishes with confirms, straight to RabbitMQ.
+# 4. The ceiling: the same publishes with confirms, straight to the broker.
 wait_for_idle_cpu
 ceiling_background_cores=$busy_cores
-echo "Publishing straight to RabbitMQ for ${duration_secs} s with $connections publishes in flight."
-"$ceiling_bin" --url "$AMQP_URL" --exchange "$ceiling_exchange" \
-    --queue-completed "$ceiling_queue_completed" --queue-failed "$ceiling_queue_failed" \
-    --concurrency "$connections" --duration "${duration_secs}s" --task-id-prefix "$run_id" \
-    --failed-percent "$failed_percent" | tee "$log_dir/ceiling.txt"
+echo "Publishing straight to $broker for ${duration_secs} s with $connections publishes in flight."
+if [[ $broker == kafka ]]; then
+    "$kafka_ceiling_bin" --brokers "$KAFKA_BROKERS" --topic-completed "$ceiling_queue_completed" \
+        --topic-failed "$ceiling_queue_failed" --concurrency "$connections" \
+        --duration "${duration_secs}s" --task-id-prefix "$run_id" \
+        --failed-percent "$failed_percent" | tee "$log_dir/ceiling.txt"
+else
+    "$ceiling_bin" --url "$AMQP_URL" --exchange "$ceiling_exchange" \
+        --queue-completed "$ceiling_queue_completed" --queue-failed "$ceiling_queue_failed" \
+        --concurrency "$connections" --duration "${duration_secs}s" --task-id-prefix "$run_id" \
+        --failed-percent "$failed_percent" | tee "$log_dir/ceiling.txt"
+fi
 grep -q '^SUMMARY ' "$log_dir/ceiling.txt" || fail "the ceiling client printed no SUMMARY line"
 
 # 5. Summary.
@@ -299,7 +334,7 @@ verdict() {
 
 cat <<EOF | tee "$log_dir/summary.txt"
 
-Summary of run $run_id ($(nproc) CPU cores, $connections connections, $threads wrk threads, ${duration_secs} s)
+Summary of run $run_id on $broker ($(nproc) CPU cores, $connections connections, $threads wrk threads, ${duration_secs} s)
   bridge built from                       $commit
   bridge responses/s (all statuses)       $requests_per_sec
   bridge accepted/s (200 "accepted")      $accepted_per_sec
@@ -307,7 +342,7 @@ Summary of run $run_id ($(nproc) CPU cores, $connections connections, $threads w
   bridge latency p50 / p99 (all)          $p50_ms ms / $p99_ms ms
   bridge peak RSS (VmHWM)                 $peak_rss_mib MiB
   CPU in use during the bridge load       $machine_busy_cores of $(nproc) cores, the bridge $bridge_cores (before the load: $background_cores)
-  events in the bridge's queues           $queued (Redis dedup keys: $redis_keys)
+  events in the bridge's queues/topics    $queued (Redis dedup keys: $redis_keys)
   ceiling publishes/s                     $ceiling_per_sec (failures: $ceiling_failures; CPU in use before: $ceiling_background_cores cores)
   ceiling latency p50 / p99               $ceiling_p50_ms ms / $ceiling_p99_ms ms
   ratio bridge accepted/s / ceiling       $ratio_percent%
@@ -319,5 +354,5 @@ Logs: $log_dir
 EOF
 
 if ((queued < accepted)); then
-    fail "the queues hold $queued events but the bridge accepted $accepted: events were lost"
+    fail "the broker holds $queued events but the bridge accepted $accepted: events were lost"
 fi

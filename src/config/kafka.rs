@@ -64,7 +64,8 @@ const TIMEOUT_SCAN_INTERVAL_MS: u64 = 1_000;
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// Room for the CloudEvents attributes and the `ce_*` headers around the callback body. The
-/// task id appears up to five times, at most 1 KiB each in UTF-8.
+/// task id appears up to five times, at most 1 KiB each in UTF-8, and `event.source` twice,
+/// at most 1 KiB each.
 const EVENT_OVERHEAD_BYTES: usize = 8 * 1024;
 
 /// Largest partition count accepted for topic creation.
@@ -129,8 +130,11 @@ impl KafkaSettings {
             let Some((host, port)) = broker.trim().rsplit_once(':') else {
                 return true;
             };
+            // An IPv6 address needs brackets, as in [::1]:9092.
+            let bare_ipv6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
             host.is_empty()
                 || host.contains("://")
+                || bare_ipv6
                 || !port.parse::<u16>().is_ok_and(|port| port > 0)
         };
         if self.brokers.split(',').any(invalid_broker) {
@@ -214,7 +218,10 @@ impl KafkaSettings {
     /// Builds the producer configuration: the safe defaults, then `kafka.options`, then the
     /// properties the bridge owns.
     pub fn producer_config(&self, publish_timeout: Duration) -> ClientConfig {
-        let delivery_timeout = delivery_timeout(publish_timeout).as_millis().to_string();
+        let delivery_timeout = self
+            .effective_delivery_timeout(publish_timeout)
+            .as_millis()
+            .to_string();
         let mut config = ClientConfig::new();
         config
             .set("enable.idempotence", "true")
@@ -224,13 +231,27 @@ impl KafkaSettings {
             .set("delivery.report.only.error", "false")
             // A misspelt topic must not be created with the broker's defaults.
             .set("allow.auto.create.topics", "false");
+        // The message timeout is set once above under one name: with an alias set as well,
+        // librdkafka would take whichever came last.
         for (name, value) in &self.options.0 {
-            config.set(name, value);
+            if !matches!(name.as_str(), "message.timeout.ms" | "delivery.timeout.ms") {
+                config.set(name, value);
+            }
         }
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id);
         config
+    }
+
+    /// Returns `message.timeout.ms`: the value from `kafka.options` (under either name), or
+    /// the default for the publish timeout.
+    pub fn effective_delivery_timeout(&self, publish_timeout: Duration) -> Duration {
+        self.options
+            .get("message.timeout.ms")
+            .or(self.options.get("delivery.timeout.ms"))
+            .and_then(|value| value.trim().parse().ok())
+            .map_or(delivery_timeout(publish_timeout), Duration::from_millis)
     }
 
     /// Returns the topic of an event type.
@@ -271,6 +292,16 @@ fn check_effective(
             format!(
                 "must be between 1 and {max_delivery} ms for broker.publish_timeout_ms = {}, so that librdkafka gives up on a message before the request stops waiting",
                 publish_timeout.as_millis()
+            ),
+        );
+    }
+
+    let request: u64 = read("request.timeout.ms").parse().unwrap_or(u64::MAX);
+    if request > delivery {
+        return fail(
+            "request.timeout.ms",
+            format!(
+                "must be at most message.timeout.ms ({delivery} ms), so that no produce request outlives its messages"
             ),
         );
     }
@@ -367,6 +398,15 @@ impl KafkaOptions {
             let key = format!("kafka.options.{name}");
             if let Some((_, instead)) = OWNED_PROPERTIES.iter().find(|(owned, _)| owned == name) {
                 return Err(ConfigError::new(&key, *instead));
+            }
+
+            // librdkafka's test properties, such as test.mock.num.brokers, would replace the
+            // brokers with an in-process mock cluster.
+            if name.starts_with("test.") {
+                return Err(ConfigError::new(
+                    &key,
+                    "librdkafka test properties are not accepted",
+                ));
             }
 
             if let Some(base) = name.strip_prefix("topic.")
@@ -670,6 +710,18 @@ mod tests {
             .kafka
             .producer_config(settings.broker.publish_timeout());
         assert_eq!(config.get("message.timeout.ms"), Some("3000"));
+        assert_eq!(config.get("request.timeout.ms"), Some("3000"));
+
+        let settings = load_env(&[(
+            "WEBHOOK_BRIDGE__KAFKA__OPTIONS__DELIVERY_TIMEOUT_MS",
+            "2500",
+        )])
+        .unwrap();
+        let config = settings
+            .kafka
+            .producer_config(settings.broker.publish_timeout());
+        assert_eq!(config.get("message.timeout.ms"), Some("2500"));
+        assert_eq!(config.get("delivery.timeout.ms"), None, "one name only");
     }
 
     #[test]
@@ -770,6 +822,17 @@ mod tests {
             ("BROKERS", "k1", "kafka.brokers"),
             ("BROKERS", "127.0.0.1:70000", "kafka.brokers"),
             ("BROKERS", "k1:9092,", "kafka.brokers"),
+            ("BROKERS", "::1:9092", "kafka.brokers"),
+            (
+                "OPTIONS__TEST_MOCK_NUM_BROKERS",
+                "1",
+                "kafka.options.test.mock.num.brokers",
+            ),
+            (
+                "OPTIONS__REQUEST_TIMEOUT_MS",
+                "900000",
+                "kafka.options.request.timeout.ms",
+            ),
             ("TOPIC_COMPLETED", "task completed", "kafka.topic_completed"),
             ("TOPIC_FAILED", "task.completed", "kafka.topic_failed"),
             ("TOPIC_PARTITIONS", "0", "kafka.topic_partitions"),

@@ -38,6 +38,9 @@ const MAX_WORKERS: usize = 512;
 /// mistakes, and would hold a provider's request far past its own timeout.
 const MAX_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
+/// Upper bound for the length of `event.source`.
+const MAX_EVENT_SOURCE_BYTES: usize = 1024;
+
 /// Upper bound for `redis.dedup_ttl_secs` (one year), well inside what Redis accepts for PX.
 const MAX_DEDUP_TTL_SECS: u64 = 365 * 24 * 60 * 60;
 
@@ -392,6 +395,15 @@ impl Settings {
             return Err(ConfigError::new(
                 "event.source",
                 "must be a non-empty URI reference without spaces, such as urn:acme:video-provider",
+            ));
+        }
+
+        // Every event carries the source twice on Kafka (document and header), within the
+        // room that the Kafka message size check leaves for the envelope.
+        if source.len() > MAX_EVENT_SOURCE_BYTES {
+            return Err(ConfigError::new(
+                "event.source",
+                format!("must be at most {MAX_EVENT_SOURCE_BYTES} bytes long"),
             ));
         }
         Ok(())
@@ -931,6 +943,11 @@ mod tests {
     fn event_source_must_be_uri_reference() {
         let error = load_env(&[("WEBHOOK_BRIDGE__EVENT__SOURCE", "not a uri")]).unwrap_err();
         assert_eq!(error.key, "event.source");
+
+        let long = format!("urn:{}", "a".repeat(1021));
+        let error = load_env(&[("WEBHOOK_BRIDGE__EVENT__SOURCE", &long)]).unwrap_err();
+        assert_eq!(error.key, "event.source");
+        assert!(load_env(&[("WEBHOOK_BRIDGE__EVENT__SOURCE", &long[..1024])]).is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use super::{PublishError, Publisher};
-use crate::config::{KafkaSettings, delivery_timeout};
+use crate::config::KafkaSettings;
 use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
 
 /// Maximum startup delay spent on the first check of brokers and topics. HTTP is not
@@ -43,9 +43,11 @@ const MAX_REBUILD_DELAY: Duration = Duration::from_secs(30);
 /// A producer that lived this long without a fatal error resets the rebuild delay.
 const STABLE_PRODUCER_AGE: Duration = Duration::from_secs(60);
 
-/// Number of publishes in a row that fail with a producer state error (such as a fenced or
-/// unknown producer id) after which the producer is replaced. librdkafka does not always
-/// treat these as fatal, and a broker that lost the producer's state rejects it for good.
+/// Number of publishes in a row that fail in a way that points at the producer, after which
+/// it is replaced: a producer state error (such as a fenced or unknown producer id), or a
+/// timeout while the brokers reply to metadata requests and have both topics. librdkafka does
+/// not treat all of these as fatal. After a broker lost the producer's state, for example,
+/// it can bump the epoch in a loop and time out every message.
 const WEDGED_AFTER_ERRORS: u32 = 3;
 
 /// librdkafka repeats the same error, such as every failed reconnect during an outage, so
@@ -94,8 +96,8 @@ struct ClientSignals {
     down_reports: AtomicU64,
     /// Wakes the supervisor after an error report.
     error_reported: Notify,
-    /// Publishes in a row that failed with a producer state error.
-    producer_state_errors: AtomicU32,
+    /// Publishes in a row that failed in a way that points at the producer.
+    suspect_failures: AtomicU32,
     /// Set once the producer should be replaced although librdkafka raised no fatal error.
     replacement_requested: AtomicBool,
 }
@@ -272,12 +274,7 @@ impl KafkaPublisher {
         publish_timeout: Duration,
     ) -> Result<Self, KafkaError> {
         let (producer, signals) = build_producer(&settings, publish_timeout)?;
-        let delivery_timeout = settings
-            .options
-            .get("message.timeout.ms")
-            .or(settings.options.get("delivery.timeout.ms"))
-            .and_then(|value| value.trim().parse().ok())
-            .map_or(delivery_timeout(publish_timeout), Duration::from_millis);
+        let delivery_timeout = settings.effective_delivery_timeout(publish_timeout);
         let (checked, mut first_check) = watch::channel(false);
         let shared = Arc::new(Shared {
             settings,
@@ -355,31 +352,37 @@ impl Publisher for KafkaPublisher {
         let queue_wait = shared.publish_timeout / 10;
         let delivered = timeout(shared.publish_timeout, producer.send(record, queue_wait)).await;
 
-        let result = match delivered {
-            Err(_) => Err(PublishError::Timeout(shared.publish_timeout)),
-            Ok(Ok(_)) => {
-                signals.producer_state_errors.store(0, Ordering::SeqCst);
-                Ok(())
-            }
+        let (result, state_error) = match delivered {
+            Err(_) => (Err(PublishError::Timeout(shared.publish_timeout)), None),
+            Ok(Ok(_)) => (Ok(()), None),
             Ok(Err((cause, _message))) => {
-                if let Some(code) = cause
+                let state_error = cause
                     .rdkafka_error_code()
-                    .filter(|code| is_producer_state_error(*code))
-                {
-                    let count = signals.producer_state_errors.fetch_add(1, Ordering::SeqCst) + 1;
-                    if count >= WEDGED_AFTER_ERRORS
-                        && !signals.replacement_requested.swap(true, Ordering::SeqCst)
-                    {
-                        warn!(
-                            "Kafka producer failed {count} publishes in a row with producer state errors; building a new producer. cause={code}"
-                        );
-                        signals.error_reported.notify_one();
-                    }
-                }
-                Err(classify(&cause, shared.delivery_timeout))
+                    .filter(|code| is_producer_state_error(*code));
+                (Err(classify(&cause, shared.delivery_timeout)), state_error)
             }
         };
-        shared.record_outcome(matches!(result, Err(PublishError::Timeout(_))));
+        let timed_out = matches!(result, Err(PublishError::Timeout(_)));
+        shared.record_outcome(timed_out);
+
+        let suspect = state_error.is_some() || (timed_out && shared.health() == Health::Ready);
+        if result.is_ok() {
+            signals.suspect_failures.store(0, Ordering::SeqCst);
+        } else if suspect {
+            let count = signals.suspect_failures.fetch_add(1, Ordering::SeqCst) + 1;
+            if count >= WEDGED_AFTER_ERRORS
+                && !signals.replacement_requested.swap(true, Ordering::SeqCst)
+            {
+                let cause = state_error.map_or_else(
+                    || "timeouts while the brokers reply".to_owned(),
+                    |code| code.to_string(),
+                );
+                warn!(
+                    "Kafka producer failed {count} publishes in a row; building a new producer. cause={cause}"
+                );
+                signals.error_reported.notify_one();
+            }
+        }
         result
     }
 
@@ -508,7 +511,7 @@ async fn supervise(shared: Arc<Shared>) {
         let cause = match shared.producer().client().fatal_error() {
             Some((code, reason)) => Some(format!("fatal error {code}: {reason}")),
             None if signals.replacement_requested.load(Ordering::SeqCst) => {
-                Some("repeated producer state errors".to_owned())
+                Some("repeated failures that point at the producer".to_owned())
             }
             None => None,
         };

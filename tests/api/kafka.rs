@@ -378,3 +378,46 @@ async fn librdkafka_messages_hide_secret_options() {
     );
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_recovers_after_broker_restart() {
+    let port = free_port();
+    let mut broker = OwnBroker::start(port).await;
+    let brokers = broker.brokers();
+    let id = topic_id();
+    create_topics(&brokers, &topics_of(&id)).await;
+    let app = spawn_app_with(|settings| use_kafka(settings, &brokers, &id)).await;
+    app.wait_ready(200, Duration::from_secs(10)).await;
+    let before = completed_body(&unique_task_id());
+    assert_eq!(app.post_callback(&before).await.status(), 200);
+
+    // The new broker has lost every producer id, so the bridge's producer is unknown to it.
+    broker.kill();
+    let broker = OwnBroker::start(port).await;
+    create_topics(&brokers, &topics_of(&id)).await;
+
+    let task_id = unique_task_id();
+    let body = completed_body(&task_id);
+    let started = Instant::now();
+    loop {
+        let status = app.post_callback(&body).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 until the producer recovers");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the bridge recovered without a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let messages = consume(&brokers, &app.settings.kafka.topic_completed, 1).await;
+    let keys: Vec<_> = messages.iter().filter_map(|m| m.key.clone()).collect();
+    assert!(
+        keys.contains(&task_id),
+        "published after the restart: {keys:?}"
+    );
+    app.teardown().await;
+    drop(broker);
+}

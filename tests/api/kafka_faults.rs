@@ -308,7 +308,7 @@ async fn fenced_producer_is_replaced() {
     let output = bridge.stop_with("TERM").await;
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(
-        log.contains("Kafka producer failed 3 publishes in a row with producer state errors"),
+        log.contains("Kafka producer failed 3 publishes in a row; building a new producer."),
         "{log}"
     );
     assert!(log.contains("Built a new Kafka producer."), "{log}");

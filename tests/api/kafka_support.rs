@@ -80,13 +80,63 @@ pub fn kafka_bridge_environment(
     environment
 }
 
-/// Starts a one-broker librdkafka mock cluster that holds the topics of `id`.
+/// Starts a one-broker librdkafka mock cluster with the topics of `id`.
 pub fn mock_cluster(id: &str) -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(1).expect("mock cluster");
     for topic in topics_of(id) {
         cluster.create_topic(&topic, 1, 1).expect("mock topic");
     }
     cluster
+}
+
+/// A tansu broker of the test's own, on a free loopback port, with in-memory storage that a
+/// restart loses. It is killed when dropped.
+pub struct OwnBroker {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnBroker {
+    /// Starts tansu on `port` and waits until it accepts connections.
+    pub async fn start(port: u16) -> Self {
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new("tansu")
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts (scripts/test installs it)");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "tansu listens on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, port }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would, and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Creates the test's topics on `brokers`, then starts the bridge against them and waits
