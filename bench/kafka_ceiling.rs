@@ -1,26 +1,31 @@
 //! Throughput ceiling for the load benchmark on Kafka. It publishes the bridge's events straight
 //! to Kafka with the bridge's producer settings (idempotent, `acks=all`) and waits for each
 //! delivery report, with no HTTP and no Redis. `bench/run.sh` also runs it with `--create-only`
-//! to create a run's topics and with `--delete-only` to count and delete them.
+//! to create a run's topics and with `--delete-only` to count (by reading them) and delete
+//! them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use webhook_bridge::callback::Callback;
 use webhook_bridge::config::KafkaSettings;
 use webhook_bridge::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
 
 /// Time allowed for each topic administration and metadata request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counting a topic ends once no message arrived for this long, or after [`COUNT_LIMIT`].
+const COUNT_IDLE: Duration = Duration::from_secs(2);
+const COUNT_LIMIT: Duration = Duration::from_secs(300);
 
 /// Publishes events straight to Kafka and reports delivered publishes per second.
 #[derive(Parser)]
@@ -230,11 +235,14 @@ async fn delete_topics(brokers: &str, topics: &[String]) -> Result<(), Box<dyn s
     Ok(())
 }
 
-/// Returns the number of messages in `topic`, the sum over its partitions of the high less
-/// the low watermark, or `None` when the topic does not exist.
-fn count_messages(brokers: &str, topic: &str) -> Result<Option<i64>, rdkafka::error::KafkaError> {
+/// Returns the number of messages in `topic`, or `None` when the topic does not exist. It
+/// reads the topic from the beginning until nothing arrives for [`COUNT_IDLE`], because
+/// tansu 0.6 reports high watermarks below the number of messages it returns.
+fn count_messages(brokers: &str, topic: &str) -> Result<Option<u64>, rdkafka::error::KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("group.id", "webhook-bridge-bench-count")
+        .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Timeout::After(ADMIN_TIMEOUT))?;
     let found = metadata.topics().iter().find(|found| {
@@ -243,11 +251,24 @@ fn count_messages(brokers: &str, topic: &str) -> Result<Option<i64>, rdkafka::er
     let Some(found) = found else {
         return Ok(None);
     };
-    let mut total = 0;
+    let mut assignment = TopicPartitionList::new();
     for partition in found.partitions() {
-        let (low, high) =
-            consumer.fetch_watermarks(topic, partition.id(), Timeout::After(ADMIN_TIMEOUT))?;
-        total += high - low;
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+
+    let started = Instant::now();
+    let mut last_message = Instant::now();
+    let mut total = 0;
+    while last_message.elapsed() < COUNT_IDLE && started.elapsed() < COUNT_LIMIT {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                total += 1;
+                last_message = Instant::now();
+            }
+            Some(Err(cause)) => return Err(cause),
+            None => {}
+        }
     }
     Ok(Some(total))
 }

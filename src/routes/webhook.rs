@@ -34,9 +34,6 @@ pub async fn receive_callback(
 
     // The delivery runs as its own task so that a client that disconnects mid-publish
     // cannot cancel it between the broker's confirmation and the dedup record.
-    // NOTE: the task runs on the worker's runtime. A graceful stop waits only for open
-    // connections, so a task whose client already hung up is dropped when its worker stops,
-    // and its claim stays pending until `redis.pending_ttl_ms` (no 2xx was sent for it).
     let delivery = state.delivery.clone();
     let task = actix_web::rt::spawn(async move {
         let outcome = delivery.deliver(&event).await;
