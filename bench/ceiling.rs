@@ -4,6 +4,9 @@
 //! but with no HTTP and no Redis. `bench/run.sh` also runs it with `--delete-only` to remove
 //! a run's topology.
 
+#[path = "report.rs"]
+mod report;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +20,7 @@ use lapin::types::FieldTable;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use report::{WorkerReport, print_report};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::timeout;
@@ -94,13 +98,6 @@ struct Event {
     payload: Vec<u8>,
 }
 
-/// Latencies and failures measured by one publishing task.
-#[derive(Default)]
-struct WorkerReport {
-    latencies_us: Vec<u64>,
-    failures: u64,
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
@@ -126,7 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let reports = run_load(&channel, &cli).await?;
     let elapsed = started.elapsed();
-    print_report(&reports, elapsed);
+    print_report(&reports, elapsed, "confirmed");
 
     if !cli.keep_topology {
         delete_topology(&connection, &cli).await?;
@@ -358,34 +355,4 @@ fn unix_seconds() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
-}
-
-/// Prints the totals, then one `SUMMARY key=value ...` line that `bench/run.sh` parses.
-fn print_report(reports: &[WorkerReport], elapsed: Duration) {
-    let mut latencies_us: Vec<u64> = reports
-        .iter()
-        .flat_map(|report| report.latencies_us.iter().copied())
-        .collect();
-    latencies_us.sort_unstable();
-    let failures: u64 = reports.iter().map(|report| report.failures).sum();
-    let confirmed = latencies_us.len() as u64;
-    let seconds = elapsed.as_secs_f64();
-    let per_second = confirmed as f64 / seconds;
-    let p50_ms = percentile_us(&latencies_us, 50.0) as f64 / 1000.0;
-    let p99_ms = percentile_us(&latencies_us, 99.0) as f64 / 1000.0;
-
-    println!("confirmed {confirmed} publishes in {seconds:.2} s, {failures} failed");
-    println!("publishes/s: {per_second:.1}, latency p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms");
-    println!(
-        "SUMMARY confirmed={confirmed} failures={failures} seconds={seconds:.3} publishes_per_sec={per_second:.1} p50_ms={p50_ms:.3} p99_ms={p99_ms:.3}"
-    );
-}
-
-/// Returns the nearest-rank percentile of sorted values, or 0 when there are none.
-fn percentile_us(sorted: &[u64], percent: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (percent / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

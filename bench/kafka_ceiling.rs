@@ -4,6 +4,9 @@
 //! to create a run's topics and with `--delete-only` to count (by reading them) and delete
 //! them.
 
+#[path = "report.rs"]
+mod report;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,13 +15,14 @@ use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use report::{WorkerReport, print_report};
 use webhook_bridge::callback::Callback;
 use webhook_bridge::config::KafkaSettings;
-use webhook_bridge::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
+use webhook_bridge::event::Event;
+use webhook_bridge::publisher::message_headers;
 
 /// Time allowed for each topic administration and metadata request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,13 +67,6 @@ struct Cli {
     /// Print the message count of each topic, delete both topics, and exit.
     #[arg(long, conflicts_with = "create_only")]
     delete_only: bool,
-}
-
-/// Latencies and failures measured by one publishing task.
-#[derive(Default)]
-struct WorkerReport {
-    latencies_us: Vec<u64>,
-    failures: u64,
 }
 
 #[tokio::main]
@@ -127,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let record = FutureRecord::to(settings.topic(event.event_type))
                         .key(event.task_id.as_str())
                         .payload(&event.payload)
-                        .headers(headers(&event))
+                        .headers(message_headers(&event))
                         .timestamp(event.unix_time_millis());
                     let delivered = tokio::time::timeout(
                         publish_timeout,
@@ -155,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for task in tasks {
         reports.push(task.await?);
     }
-    print_report(&reports, started.elapsed());
+    print_report(&reports, started.elapsed(), "delivered");
     Ok(())
 }
 
@@ -178,27 +175,6 @@ fn build_event(task_id: &str, failed: bool) -> Event {
         "webhook-bridge",
         SystemTime::now(),
     )
-}
-
-/// Builds the bridge's message headers for `event`.
-fn headers(event: &Event) -> OwnedHeaders {
-    let time = event.rfc3339_time();
-    [
-        ("ce_specversion", "1.0"),
-        ("ce_id", event.id.as_str()),
-        ("ce_type", event.event_type.as_str()),
-        ("ce_source", event.source.as_str()),
-        ("ce_subject", event.task_id.as_str()),
-        ("ce_time", time.as_str()),
-        ("content-type", CLOUDEVENTS_CONTENT_TYPE),
-    ]
-    .into_iter()
-    .fold(OwnedHeaders::new_with_capacity(7), |all, (key, value)| {
-        all.insert(Header {
-            key,
-            value: Some(value),
-        })
-    })
 }
 
 fn admin(brokers: &str) -> Result<AdminClient<DefaultClientContext>, rdkafka::error::KafkaError> {
@@ -271,34 +247,4 @@ fn count_messages(brokers: &str, topic: &str) -> Result<Option<u64>, rdkafka::er
         }
     }
     Ok(Some(total))
-}
-
-/// Prints the totals, then one `SUMMARY key=value ...` line that `bench/run.sh` parses.
-fn print_report(reports: &[WorkerReport], elapsed: Duration) {
-    let mut latencies_us: Vec<u64> = reports
-        .iter()
-        .flat_map(|report| report.latencies_us.iter().copied())
-        .collect();
-    latencies_us.sort_unstable();
-    let failures: u64 = reports.iter().map(|report| report.failures).sum();
-    let delivered = latencies_us.len() as u64;
-    let seconds = elapsed.as_secs_f64();
-    let per_second = delivered as f64 / seconds;
-    let p50_ms = percentile_us(&latencies_us, 50.0) as f64 / 1000.0;
-    let p99_ms = percentile_us(&latencies_us, 99.0) as f64 / 1000.0;
-
-    println!("delivered {delivered} publishes in {seconds:.2} s, {failures} failed");
-    println!("publishes/s: {per_second:.1}, latency p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms");
-    println!(
-        "SUMMARY confirmed={delivered} failures={failures} seconds={seconds:.3} publishes_per_sec={per_second:.1} p50_ms={p50_ms:.3} p99_ms={p99_ms:.3}"
-    );
-}
-
-/// Returns the nearest-rank percentile of sorted values, or 0 when there are none.
-fn percentile_us(sorted: &[u64], percent: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (percent / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

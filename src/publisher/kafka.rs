@@ -304,27 +304,6 @@ impl KafkaPublisher {
             supervisor: Mutex::new(Some(supervisor)),
         })
     }
-
-    fn headers(event: &Event) -> OwnedHeaders {
-        let time = event.rfc3339_time();
-        let headers = [
-            ("ce_specversion", "1.0"),
-            ("ce_id", event.id.as_str()),
-            ("ce_type", event.event_type.as_str()),
-            ("ce_source", event.source.as_str()),
-            ("ce_subject", event.task_id.as_str()),
-            ("ce_time", time.as_str()),
-            ("content-type", CLOUDEVENTS_CONTENT_TYPE),
-        ];
-        headers
-            .into_iter()
-            .fold(OwnedHeaders::new_with_capacity(7), |all, (key, value)| {
-                all.insert(Header {
-                    key,
-                    value: Some(value),
-                })
-            })
-    }
 }
 
 #[async_trait]
@@ -345,7 +324,7 @@ impl Publisher for KafkaPublisher {
         let record = FutureRecord::to(topic)
             .key(event.task_id.as_str())
             .payload(&event.payload)
-            .headers(Self::headers(event))
+            .headers(message_headers(event))
             .timestamp(event.unix_time_millis());
         // librdkafka gives its verdict within `message.timeout.ms` of queueing the message.
         // The wait for room in its local queue comes on top, so it gets a tenth of the budget.
@@ -423,6 +402,29 @@ impl Publisher for KafkaPublisher {
             Err(cause) => error!("Flushing the Kafka producer failed. cause={cause}"),
         }
     }
+}
+
+/// Builds the headers of an event's Kafka message: the CloudEvents attributes as `ce_*`
+/// headers and the content type of the document, so consumers can route without parsing.
+pub fn message_headers(event: &Event) -> OwnedHeaders {
+    let time = event.rfc3339_time();
+    let headers = [
+        ("ce_specversion", "1.0"),
+        ("ce_id", event.id.as_str()),
+        ("ce_type", event.event_type.as_str()),
+        ("ce_source", event.source.as_str()),
+        ("ce_subject", event.task_id.as_str()),
+        ("ce_time", time.as_str()),
+        ("content-type", CLOUDEVENTS_CONTENT_TYPE),
+    ];
+    headers
+        .into_iter()
+        .fold(OwnedHeaders::new_with_capacity(7), |all, (key, value)| {
+            all.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
 }
 
 /// Maps a failed delivery to a publish error, telling retriable causes from those that

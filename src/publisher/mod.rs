@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use kafka::KafkaPublisher;
+pub use kafka::{KafkaPublisher, message_headers};
 pub use rabbitmq::RabbitMqPublisher;
 
 use crate::event::Event;

@@ -328,6 +328,18 @@ pub fn bridge_environment(settings: &Settings, port: u16) -> Vec<(String, String
     .collect()
 }
 
+/// Polls `base`/healthz until a bridge process serves HTTP, for at most 15 seconds.
+pub async fn wait_until_serving(http: &reqwest::Client, base: &str) {
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "bridge at {base} serves HTTP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `base`/readyz until a bridge process returns 200, for at most 15 seconds.
 pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
     let started = Instant::now();

@@ -209,14 +209,8 @@ async fn startup_logs_name_missing_topics_and_unreachable_brokers() {
         let bridge = BridgeProcess::spawn(environment);
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        let ready = loop {
-            if let Ok(response) = http.get(format!("{base}/readyz")).send().await {
-                break response;
-            }
-            assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        wait_until_serving(&http, &base).await;
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 503);
         assert_eq!(response_json(ready).await["broker"], "down");
 
@@ -364,11 +358,7 @@ async fn librdkafka_messages_hide_secret_options() {
     let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_serving(&http, &base).await;
 
     let output = bridge.stop_with("TERM").await;
     let log = String::from_utf8_lossy(&output.stderr);

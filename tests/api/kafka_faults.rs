@@ -332,11 +332,7 @@ async fn stop_does_not_wait_for_a_silent_broker() {
     let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_serving(&http, &base).await;
 
     let stopping = Instant::now();
     let output = bridge.stop_with("TERM").await;
@@ -355,11 +351,7 @@ async fn unreachable_brokers_do_not_flood_the_log() {
     let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "bridge serves");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_serving(&http, &base).await;
     // librdkafka reports each failed reconnect, several times a second at first.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
