@@ -391,6 +391,12 @@ impl KafkaOptions {
         self.0.get(name).map(String::as_str)
     }
 
+    /// Sets a property, with its name written as in the configuration file or the
+    /// environment. `Settings::validate` checks it.
+    pub fn insert(&mut self, name: &str, value: &str) {
+        self.0.insert(normalize_name(name), value.to_owned());
+    }
+
     /// Checks the names and values as given. [`check_effective`] then checks what librdkafka
     /// made of them.
     fn validate(&self, publish_timeout: Duration) -> Result<(), ConfigError> {
@@ -522,13 +528,18 @@ impl<'de> Visitor<'de> for OptionsVisitor {
         let mut options = BTreeMap::new();
         while let Some(name) = access.next_key::<String>()? {
             let value: OptionValue = access.next_value()?;
-            let name = name.to_lowercase().replace('_', ".");
+            let name = normalize_name(&name);
             if options.insert(name.clone(), value.0).is_some() {
                 return Err(de::Error::custom(format!("property {name} is set twice")));
             }
         }
         Ok(KafkaOptions(options))
     }
+}
+
+/// Returns a property name in librdkafka's form: lower case, with `.` for each `_`.
+fn normalize_name(name: &str) -> String {
+    name.to_lowercase().replace('_', ".")
 }
 
 /// A property value: librdkafka takes strings, and TOML may hold numbers or booleans.

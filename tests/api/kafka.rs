@@ -214,9 +214,29 @@ async fn startup_logs_name_missing_topics_and_unreachable_brokers() {
         assert_eq!(ready.status(), 503);
         assert_eq!(response_json(ready).await["broker"], "down");
 
+        // A callback for a missing topic fails at once, logged as needing an operator.
+        let task_id = unique_task_id();
+        if brokers == KAFKA_BROKERS {
+            let response = http
+                .post(format!("{base}/webhook"))
+                .header("content-type", "application/json")
+                .body(completed_body(&task_id))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 503);
+        }
+
         let output = bridge.stop_with("TERM").await;
         let log = String::from_utf8_lossy(&output.stderr);
         assert!(log.contains(&expected), "{expected}\n{log}");
+        if brokers == KAFKA_BROKERS {
+            let failure = format!(
+                "task_id={task_id} event_type=task.completed retriable=false cause=publish failed: broker refused the event: topic test.{missing}.completed does not exist"
+            );
+            assert!(log.contains(&failure), "{failure}\n{log}");
+        }
+        remove_test_data(&settings).await;
     }
 }
 

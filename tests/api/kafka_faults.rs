@@ -299,7 +299,9 @@ async fn fenced_producer_is_replaced() {
             .body(completed_body(&task_id))
             .send()
     };
-    for _ in 0..3 {
+    let first = unique_task_id();
+    assert_eq!(post(first.clone()).await.unwrap().status(), 503);
+    for _ in 0..2 {
         assert_eq!(post(unique_task_id()).await.unwrap().status(), 503);
     }
     wait_until_ready(&http, &base).await;
@@ -312,7 +314,52 @@ async fn fenced_producer_is_replaced() {
         "{log}"
     );
     assert!(log.contains("Built a new Kafka producer."), "{log}");
+    // Each failure is logged with its task id, error code and whether a retry can succeed.
+    assert!(
+        log.contains(&format!(
+            "task_id={first} event_type=task.completed retriable=true cause=publish failed: broker refused the event: ProducerFenced"
+        )),
+        "{log}"
+    );
     remove_test_data(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_local_queue_is_waited_for_briefly() {
+    let id = topic_id();
+    let cluster = mock_cluster(&id);
+    let brokers = cluster.bootstrap_servers();
+    let app = spawn_app_with(|settings| {
+        use_kafka(settings, &brokers, &id);
+        // Room for one message, so that a second publish finds the local queue full.
+        settings
+            .kafka
+            .options
+            .insert("queue.buffering.max.messages", "1");
+    })
+    .await;
+    app.wait_ready(200, Duration::from_secs(10)).await;
+
+    // With the broker down, the first message stays in the local queue.
+    cluster.broker_down(1).unwrap();
+    let first_body = completed_body(&unique_task_id());
+    let first = app.post_callback(&first_body);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let response = app.post_callback(&completed_body(&unique_task_id())).await;
+        (response.status(), started.elapsed())
+    };
+    let (first, (status, took)) = tokio::join!(first, second);
+    assert_eq!(first.status(), 503);
+    assert_eq!(status, 503);
+    // The queue wait is a tenth of the 1.5 s publish timeout.
+    assert!(
+        took < Duration::from_millis(800),
+        "a full queue is not waited out: {took:?}"
+    );
+    assert!(app.keys().await.is_empty(), "both claims were released");
+    app.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
