@@ -94,7 +94,7 @@ impl Event {
         }
     }
 
-    /// The CloudEvents `time` attribute, as in the document.
+    /// Returns the CloudEvents `time` attribute, formatted as in the document.
     pub fn rfc3339_time(&self) -> String {
         rfc3339(self.time)
     }

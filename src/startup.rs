@@ -40,7 +40,7 @@ pub struct Application {
     port: u16,
     server: Server,
     publisher: Arc<dyn Publisher>,
-    /// Time allowed for the broker client to deliver what it holds and close.
+    /// Time allowed for the broker client to deliver its buffered messages and close.
     broker_close_timeout: Duration,
 }
 

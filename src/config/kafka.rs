@@ -289,10 +289,7 @@ fn check_effective(
     if delivery == 0 || delivery > max_delivery {
         return fail(
             "message.timeout.ms",
-            format!(
-                "must be between 1 and {max_delivery} ms for broker.publish_timeout_ms = {}, so that librdkafka gives up on a message before the request stops waiting",
-                publish_timeout.as_millis()
-            ),
+            delivery_timeout_message(publish_timeout),
         );
     }
 
@@ -344,11 +341,7 @@ fn check_effective(
     }
 
     if !matches!(read("acks").as_str(), "-1" | "all") {
-        return fail(
-            "acks",
-            "must be all, so that an event is confirmed only once every in-sync replica has it"
-                .to_owned(),
-        );
+        return fail("acks", ACKS_MESSAGE.to_owned());
     }
 
     if read("partitioner") == "random" {
@@ -358,6 +351,19 @@ fn check_effective(
         );
     }
     Ok(())
+}
+
+/// Reason given when `acks` is not `all`.
+const ACKS_MESSAGE: &str =
+    "must be all, so that an event is confirmed only once every in-sync replica has it";
+
+/// Returns the reason given when `message.timeout.ms` lies outside its allowed range.
+fn delivery_timeout_message(publish_timeout: Duration) -> String {
+    format!(
+        "must be between 1 and {} ms for broker.publish_timeout_ms = {}, so that librdkafka gives up on a message before the request stops waiting",
+        delivery_timeout(publish_timeout).as_millis(),
+        publish_timeout.as_millis()
+    )
 }
 
 /// Checks a name against the rules of Kafka topic names.
@@ -424,13 +430,12 @@ impl KafkaOptions {
                 ));
             }
 
+            // check_effective repeats these two checks on the resolved values. Here they
+            // name the property as the user wrote it, alias included.
             let value = value.trim();
             match name.as_str() {
                 "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => {
-                    return Err(ConfigError::new(
-                        &key,
-                        "must be all, so that an event is confirmed only once every in-sync replica has it",
-                    ));
+                    return Err(ConfigError::new(&key, ACKS_MESSAGE));
                 }
                 "message.timeout.ms" | "delivery.timeout.ms" => {
                     let max_delivery = delivery_timeout(publish_timeout).as_millis() as u64;
@@ -440,10 +445,7 @@ impl KafkaOptions {
                     if !within_budget {
                         return Err(ConfigError::new(
                             &key,
-                            format!(
-                                "must be between 1 and {max_delivery} ms for broker.publish_timeout_ms = {}, so that librdkafka gives up on a message before the request stops waiting",
-                                publish_timeout.as_millis()
-                            ),
+                            delivery_timeout_message(publish_timeout),
                         ));
                     }
                 }
@@ -453,7 +455,7 @@ impl KafkaOptions {
         Ok(())
     }
 
-    /// Returns the values of the secret properties, for redacting librdkafka's messages.
+    /// Returns the values of the secret properties, for [`redact_secrets`].
     pub fn secret_values(&self) -> Vec<String> {
         self.0
             .iter()
@@ -465,31 +467,47 @@ impl KafkaOptions {
     /// Replaces the values of secret properties inside `text`, such as an error message of
     /// librdkafka that quotes the value it rejected.
     pub fn redact(&self, text: &str) -> String {
-        self.0
-            .iter()
-            .filter(|(name, value)| Self::is_secret(name) && !value.is_empty())
-            .fold(text.to_owned(), |text, (_, value)| {
-                text.replace(value.as_str(), REDACTED)
-            })
+        redact_secrets(text, &self.secret_values())
     }
 
     fn is_secret(name: &str) -> bool {
         SECRET_NAME_PARTS.iter().any(|part| name.contains(part))
     }
+
+    /// Returns the value to print for a property: `***` for a secret one.
+    fn printable<'a>(name: &str, value: &'a str) -> &'a str {
+        if Self::is_secret(name) {
+            REDACTED
+        } else {
+            value
+        }
+    }
+}
+
+/// Replaces every secret value inside `text` by `***`. librdkafka may quote only a part of a
+/// value, such as the rest of `sasl.oauthbearer.config` after a parse error, so every word of
+/// four or more characters of a secret is replaced too.
+pub fn redact_secrets(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        text = text.replace(secret.as_str(), REDACTED);
+        let words = secret.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | ';'));
+        for word in words.filter(|word| word.chars().count() >= 4) {
+            text = text.replace(word, REDACTED);
+        }
+    }
+    text
 }
 
 impl fmt::Debug for KafkaOptions {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_map()
-            .entries(self.0.iter().map(|(name, value)| {
-                let shown = if Self::is_secret(name) {
-                    REDACTED
-                } else {
-                    value
-                };
-                (name, shown)
-            }))
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(name, value)| (name, Self::printable(name, value))),
+            )
             .finish()
     }
 }
@@ -498,12 +516,7 @@ impl Serialize for KafkaOptions {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (name, value) in &self.0 {
-            let shown = if Self::is_secret(name) {
-                REDACTED
-            } else {
-                value
-            };
-            map.serialize_entry(name, shown)?;
+            map.serialize_entry(name, Self::printable(name, value))?;
         }
         map.end()
     }

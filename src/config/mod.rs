@@ -14,7 +14,7 @@ use crate::secret::{SecretUrl, redact_urls_in};
 mod kafka;
 mod strict;
 
-pub use kafka::{KafkaOptions, KafkaSettings, delivery_timeout};
+pub use kafka::{KafkaOptions, KafkaSettings, delivery_timeout, redact_secrets};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use super::{PublishError, Publisher};
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, redact_secrets};
 use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
 
 /// Maximum startup delay spent on the first check of brokers and topics. HTTP is not
@@ -43,15 +43,15 @@ const MAX_REBUILD_DELAY: Duration = Duration::from_secs(30);
 /// A producer that lived this long without a fatal error resets the rebuild delay.
 const STABLE_PRODUCER_AGE: Duration = Duration::from_secs(60);
 
-/// Number of publishes in a row that fail in a way that points at the producer, after which
-/// it is replaced: a producer state error (such as a fenced or unknown producer id), or a
-/// timeout while the brokers reply to metadata requests and have both topics. librdkafka does
-/// not treat all of these as fatal. After a broker lost the producer's state, for example,
-/// it can bump the epoch in a loop and time out every message.
+/// Number of publishes in a row, failed in a way that points at the producer, after which the
+/// producer is replaced. Such a failure is a producer state error (such as a fenced or
+/// unknown producer id), or a timeout while the last check reached the brokers and both
+/// topics. librdkafka does not treat all of these as fatal: after a broker lost the producer's
+/// state, for example, it can bump the epoch in a loop and time out every message.
 const WEDGED_AFTER_ERRORS: u32 = 3;
 
-/// librdkafka repeats the same error, such as every failed reconnect during an outage, so
-/// each error code is logged at most once in this time, with a count of the rest.
+/// Interval between two log lines for one librdkafka error code. librdkafka repeats errors,
+/// such as every failed reconnect during an outage, so the repeats in between are counted.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 type KafkaProducer = FutureProducer<BridgeContext>;
@@ -67,23 +67,6 @@ struct BridgeContext {
     error_log: Mutex<HashMap<String, (Option<Instant>, u64)>>,
     /// Values of secret `kafka.options`, which librdkafka may quote in its messages.
     secrets: Vec<String>,
-}
-
-impl BridgeContext {
-    /// Replaces secret option values in a librdkafka message. librdkafka may quote only a
-    /// part of a value, such as the rest of `sasl.oauthbearer.config` from a parse error, so
-    /// every word of four or more characters of a secret is replaced too.
-    fn redact(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-            let words = secret.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | ';'));
-            for word in words.filter(|word| word.chars().count() >= 4) {
-                text = text.replace(word, "***");
-            }
-        }
-        text
-    }
 }
 
 /// State that librdkafka's error callback shares with the supervisor and `/readyz`.
@@ -126,12 +109,12 @@ impl ClientContext for BridgeContext {
             return;
         }
         let left_out = std::mem::replace(entry, (Some(Instant::now()), 0)).1;
-        let cause = self.redact(&format!("{error}: {reason}"));
+        let cause = redact_secrets(&format!("{error}: {reason}"), &self.secrets);
         warn!("Kafka client error. cause={cause} repeats_not_logged={left_out}");
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let message = self.redact(message);
+        let message = redact_secrets(message, &self.secrets);
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -200,11 +183,12 @@ impl Shared {
             .clone()
     }
 
-    fn health(&self) -> Health {
-        self.health
+    fn is_ready(&self) -> bool {
+        *self
+            .health
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            == Health::Ready
     }
 
     /// Returns whether the last check found `topic` missing.
@@ -344,7 +328,7 @@ impl Publisher for KafkaPublisher {
         let timed_out = matches!(result, Err(PublishError::Timeout(_)));
         shared.record_outcome(timed_out);
 
-        let suspect = state_error.is_some() || (timed_out && shared.health() == Health::Ready);
+        let suspect = state_error.is_some() || (timed_out && shared.is_ready());
         if result.is_ok() {
             signals.suspect_failures.store(0, Ordering::SeqCst);
         } else if suspect {
@@ -372,7 +356,7 @@ impl Publisher for KafkaPublisher {
         let broken = shared.producer().client().fatal_error().is_some()
             || signals.replacement_requested.load(Ordering::SeqCst);
         let brokers_down = signals.brokers_down.load(Ordering::SeqCst);
-        shared.health() == Health::Ready && !stalled && !broken && !brokers_down
+        shared.is_ready() && !stalled && !broken && !brokers_down
     }
 
     async fn shutdown(&self, limit: Duration) {
@@ -502,7 +486,7 @@ fn build_producer(
 }
 
 /// Checks the brokers and topics at every interval, and rebuilds the producer after a fatal
-/// error or repeated producer state errors. Shutdown aborts it.
+/// error or after [`WEDGED_AFTER_ERRORS`] suspect failures. Shutdown aborts it.
 async fn supervise(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.settings.health_check_interval_ms);
     let mut rebuild_delay = MIN_REBUILD_DELAY;
@@ -560,14 +544,12 @@ async fn supervise(shared: Arc<Shared>) {
 async fn rebuild(shared: &Shared) -> bool {
     let settings = shared.settings.clone();
     let publish_timeout = shared.publish_timeout;
-    let built =
-        tokio::task::spawn_blocking(move || build_producer(&settings, publish_timeout)).await;
+    let built = tokio::task::spawn_blocking(move || build_producer(&settings, publish_timeout))
+        .await
+        .map_err(|cause| cause.to_string())
+        .and_then(|built| built.map_err(|cause| cause.to_string()));
     let (producer, signals) = match built {
-        Ok(Ok(built)) => built,
-        Ok(Err(cause)) => {
-            error!("Building a new Kafka producer failed; retrying. cause={cause}");
-            return false;
-        }
+        Ok(built) => built,
         Err(cause) => {
             error!("Building a new Kafka producer failed; retrying. cause={cause}");
             return false;
@@ -669,13 +651,11 @@ async fn create_topics(settings: &KafkaSettings, topics: &[String]) {
     // Creating a client reads TLS files and starts threads, so it runs on a blocking thread.
     let created =
         tokio::task::spawn_blocking(move || config.create::<AdminClient<DefaultClientContext>>())
-            .await;
+            .await
+            .map_err(|cause| cause.to_string())
+            .and_then(|created| created.map_err(|cause| cause.to_string()));
     let admin = match created {
-        Ok(Ok(admin)) => admin,
-        Ok(Err(cause)) => {
-            error!("Creating the Kafka admin client failed. cause={cause}");
-            return;
-        }
+        Ok(admin) => admin,
         Err(cause) => {
             error!("Creating the Kafka admin client failed. cause={cause}");
             return;
