@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use log::{error, warn};
@@ -10,6 +11,7 @@ use log::{error, warn};
 use crate::config::OnRedisUnavailable;
 use crate::dedup::{ClaimOutcome, DedupError, DedupStore};
 use crate::event::Event;
+use crate::metrics::{DedupOperation, Metrics};
 use crate::publisher::{PublishError, Publisher};
 
 /// Result of forwarding a valid callback.
@@ -45,11 +47,13 @@ impl DeliveryError {
     }
 }
 
-/// Claims, publishes and records events.
+/// Claims, publishes and records events, and counts publishes and Redis failures in
+/// `metrics`.
 pub struct Delivery {
     dedup: DedupStore,
     publisher: Arc<dyn Publisher>,
     on_redis_unavailable: OnRedisUnavailable,
+    metrics: Arc<Metrics>,
 }
 
 impl Delivery {
@@ -57,11 +61,13 @@ impl Delivery {
         dedup: DedupStore,
         publisher: Arc<dyn Publisher>,
         on_redis_unavailable: OnRedisUnavailable,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             dedup,
             publisher,
             on_redis_unavailable,
+            metrics,
         }
     }
 
@@ -69,7 +75,10 @@ impl Delivery {
     /// confirmed it. On failure the claim is released, so nothing is left that would turn
     /// the provider's retry into a false duplicate.
     pub async fn deliver(&self, event: &Event) -> Result<Outcome, DeliveryError> {
-        let claim = match self.dedup.claim(event).await {
+        let claimed = self.dedup.claim(event).await;
+        let claimed =
+            claimed.inspect_err(|_| self.metrics.record_dedup_error(DedupOperation::Claim));
+        let claim = match claimed {
             Ok(ClaimOutcome::Claimed(claim)) => Some(claim),
             Ok(ClaimOutcome::AlreadyDone) => return Ok(Outcome::Duplicate),
             Ok(ClaimOutcome::StillPending) => return Err(DeliveryError::StillPending),
@@ -84,20 +93,11 @@ impl Delivery {
             Err(cause) => return Err(cause.into()),
         };
 
-        // A panic inside a broker client must not leave the claim behind: it would turn every
-        // retry into 503 until the claim expires.
-        let published = AssertUnwindSafe(self.publisher.publish(event))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                Err(PublishError::Broker(
-                    "the broker client panicked".to_owned(),
-                ))
-            });
-        if let Err(cause) = published {
+        if let Err(cause) = self.publish(event).await {
             if let Some(claim) = &claim
                 && let Err(release_error) = self.dedup.release(claim).await
             {
+                self.metrics.record_dedup_error(DedupOperation::Release);
                 error!(
                     "Releasing the dedup claim failed; re-deliveries get 503 until the claim expires. task_id={} event_type={} cause={release_error}",
                     event.task_id,
@@ -110,6 +110,7 @@ impl Delivery {
         if let Some(claim) = &claim
             && let Err(cause) = self.dedup.mark_done(claim).await
         {
+            self.metrics.record_dedup_error(DedupOperation::MarkDone);
             warn!(
                 "Event published, but recording it in Redis failed; a re-delivery after the claim expires will publish it again. task_id={} event_type={} cause={cause}",
                 event.task_id,
@@ -117,5 +118,29 @@ impl Delivery {
             );
         }
         Ok(Outcome::Published)
+    }
+
+    /// Publishes `event` and records the publish duration and result.
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let started = Instant::now();
+        // A panic inside a broker client must not leave the claim behind: it would turn every
+        // retry into 503 until the claim expires.
+        let published = AssertUnwindSafe(self.publisher.publish(event))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::Broker(
+                    "the broker client panicked".to_owned(),
+                ))
+            });
+        match &published {
+            Ok(()) => self
+                .metrics
+                .record_published(event.event_type, started.elapsed()),
+            Err(cause) => self
+                .metrics
+                .record_publish_failure(cause, started.elapsed()),
+        }
+        published
     }
 }

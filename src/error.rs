@@ -43,7 +43,17 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    /// Returns the response's `status`: `unavailable` when the provider should retry,
+    /// `rejected` when the request itself is wrong.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            _ => "rejected",
+        }
+    }
+
+    /// Returns the response's `error` code.
+    pub fn code(&self) -> &'static str {
         match self {
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -61,13 +71,11 @@ impl ApiError {
     }
 
     fn body(&self) -> ErrorBody<'_> {
-        let (status, field, message) = match self {
+        let (field, message) = match self {
             Self::Callback(CallbackError::Invalid { field, reason }) => {
-                ("rejected", Some(field.as_str()), reason.clone())
+                (Some(field.as_str()), reason.clone())
             }
-            Self::UnsupportedMediaType { header, message } => {
-                ("rejected", Some(*header), message.clone())
-            }
+            Self::UnsupportedMediaType { header, message } => (Some(*header), message.clone()),
             Self::Unavailable { cause, .. } => {
                 let message = match cause {
                     DeliveryError::Dedup(_) => "deduplication store is unavailable; retry later",
@@ -78,12 +86,12 @@ impl ApiError {
                         "the event broker did not confirm the event; retry later"
                     }
                 };
-                ("unavailable", None, message.to_owned())
+                (None, message.to_owned())
             }
-            other => ("rejected", None, other.to_string()),
+            other => (None, other.to_string()),
         };
         ErrorBody {
-            status,
+            status: self.status(),
             error: self.code(),
             field,
             message,

@@ -1,5 +1,5 @@
-//! Wiring: builds the dedup store, the publisher and the HTTP server from the settings, on
-//! a listener that the caller bound (tests bind port 0).
+//! Wiring: builds the dedup store, the publisher, the metrics registry and the HTTP server
+//! from the settings, on a listener that the caller bound (tests bind port 0).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use log::{info, warn};
 use crate::config::{BrokerKind, Settings};
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
+use crate::metrics::Metrics;
 use crate::publisher::{KafkaPublisher, Publisher, RabbitMqPublisher};
 use crate::routes::{self, AppState};
 
@@ -70,15 +71,18 @@ impl Application {
             ),
         };
 
+        let metrics = Arc::new(Metrics::new(settings.broker.kind));
         let delivery = Arc::new(Delivery::new(
             dedup.clone(),
             publisher.clone(),
             settings.redis.on_unavailable,
+            metrics.clone(),
         ));
         let state = web::Data::new(AppState {
             delivery,
             dedup,
             publisher: publisher.clone(),
+            metrics,
             max_body_bytes: settings.server.max_body_bytes,
             body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
             source: settings.event.source.clone(),

@@ -20,7 +20,7 @@ pub use kafka::{KafkaOptions, KafkaSettings, delivery_timeout, redact_secrets};
 pub const ENV_PREFIX: &str = "WEBHOOK_BRIDGE";
 
 /// Paths served by the bridge itself, which the webhook path must not shadow.
-const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Upper bound for `server.max_body_bytes`. A callback is a small JSON document, and the event
 /// that carries it must stay below the broker's message size limit (16 MiB by default in
@@ -522,7 +522,7 @@ impl ServerSettings {
         if RESERVED_PATHS.contains(&path.as_str()) {
             return Err(ConfigError::new(
                 "server.webhook_path",
-                format!("`{path}` is reserved for health checks"),
+                format!("`{path}` is reserved for health checks and metrics"),
             ));
         }
 
@@ -1000,8 +1000,10 @@ mod tests {
 
     #[test]
     fn webhook_path_cannot_shadow_health() {
-        let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH", "/readyz")]).unwrap_err();
-        assert_eq!(error.key, "server.webhook_path");
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let error = load_env(&[("WEBHOOK_BRIDGE__SERVER__WEBHOOK_PATH", path)]).unwrap_err();
+            assert_eq!(error.key, "server.webhook_path", "{path}");
+        }
     }
 
     #[test]

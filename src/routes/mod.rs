@@ -1,7 +1,8 @@
-//! HTTP routes: the callback endpoint, health checks, and JSON responses for unknown paths
-//! and methods.
+//! HTTP routes: the callback endpoint, health checks, Prometheus metrics, and JSON responses
+//! for unknown paths and methods.
 
 mod health;
+mod metrics;
 mod webhook;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::json;
 
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
+use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 
 /// State shared by every request handler.
@@ -20,6 +22,7 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     pub dedup: DedupStore,
     pub publisher: Arc<dyn Publisher>,
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub source: String,
@@ -44,6 +47,12 @@ pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str) {
             web::resource("/readyz")
                 .route(web::get().to(health::readyz))
                 .route(web::head().to(health::readyz))
+                .default_service(web::to(|| method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics::metrics))
+                .route(web::head().to(metrics::metrics))
                 .default_service(web::to(|| method_not_allowed("GET"))),
         )
         .default_service(web::to(not_found));

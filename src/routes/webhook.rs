@@ -21,11 +21,47 @@ pub async fn receive_callback(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The guard lowers the in-flight gauge also when the client goes away and actix-web
+    // drops this future.
+    let in_flight = state.metrics.start_request();
+    let forwarded = forward_callback(&request, payload, &state).await;
+    let (outcome, event) = match forwarded {
+        Ok(forwarded) => forwarded,
+        Err(error) => {
+            in_flight.finish(error.status(), error.code());
+            return Err(error);
+        }
+    };
+
+    let status = match outcome {
+        Outcome::Published => "accepted",
+        Outcome::Duplicate => "duplicate",
+    };
+    in_flight.finish(status, "none");
+    debug!(
+        "Callback {status}. task_id={} event_type={}",
+        event.task_id,
+        event.event_type.as_str()
+    );
+    Ok(HttpResponse::Ok().json(json!({
+        "status": status,
+        "event_id": event.id,
+        "task_id": event.task_id.as_str(),
+        "event_type": event.event_type.as_str(),
+    })))
+}
+
+/// Checks, validates and delivers one callback, returning the delivered event.
+async fn forward_callback(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(Outcome, Event), ApiError> {
     let received_at = SystemTime::now();
-    require_json(&request)?;
+    require_json(request)?;
     let body = tokio::time::timeout(
         state.body_read_timeout,
-        read_body(&request, payload, state.max_body_bytes),
+        read_body(request, payload, state.max_body_bytes),
     )
     .await
     .map_err(|_| ApiError::BodyTimeout(state.body_read_timeout))??;
@@ -54,23 +90,7 @@ pub async fn receive_callback(
     };
 
     match outcome {
-        Ok(outcome) => {
-            let status = match outcome {
-                Outcome::Published => "accepted",
-                Outcome::Duplicate => "duplicate",
-            };
-            debug!(
-                "Callback {status}. task_id={} event_type={}",
-                event.task_id,
-                event.event_type.as_str()
-            );
-            Ok(HttpResponse::Ok().json(json!({
-                "status": status,
-                "event_id": event.id,
-                "task_id": event.task_id.as_str(),
-                "event_type": event.event_type.as_str(),
-            })))
-        }
+        Ok(outcome) => Ok((outcome, event)),
         Err(cause) => {
             error!(
                 "Answering 503: callback not forwarded. task_id={} event_type={} retriable={} cause={cause}",
