@@ -78,6 +78,29 @@ ensure_tools() {
   fi
 }
 
+# The metrics test checks /metrics with promtool, which Debian ships in its prometheus package.
+# Installing that package would also start a Prometheus server on port 9090, so only promtool
+# is taken out of it.
+ensure_promtool() {
+  if command -v promtool >/dev/null; then
+    return
+  fi
+  log "Installing promtool from Debian's prometheus package."
+  if ! apt-cache show prometheus >/dev/null 2>&1; then
+    apt-get update -q
+  fi
+  local workdir
+  workdir=$(mktemp -d)
+  (
+    cd "$workdir"
+    apt-get download -q -o APT::Sandbox::User=root prometheus
+    dpkg-deb -x prometheus_*.deb extracted
+    install -m 0755 extracted/usr/bin/promtool /usr/local/bin/promtool
+  )
+  rm -rf "$workdir"
+  promtool --version >/dev/null || { echo "promtool does not run after installing it" >&2; exit 1; }
+}
+
 ensure_services() {
   ensure_tools
   ensure_redis
