@@ -79,8 +79,8 @@ ensure_tools() {
 }
 
 # The metrics test checks /metrics with promtool, which Debian ships in its prometheus package.
-# Installing that package would also start a Prometheus server on port 9090, so only promtool
-# is taken out of it.
+# That package's postinst starts a Prometheus server (port 9090) through invoke-rc.d or systemd,
+# so only promtool is taken out of the downloaded package instead of installing it.
 ensure_promtool() {
   if command -v promtool >/dev/null; then
     return

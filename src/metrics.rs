@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::BrokerKind;
@@ -17,7 +17,7 @@ use crate::publisher::PublishError;
 /// Content type of the text exposition format that [`Metrics::encode`] writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Histogram bucket bounds in seconds. Answers take from about 1 ms (a duplicate) to a few
+/// Histogram bucket bounds in seconds. Responses take from about 1 ms (a duplicate) to a few
 /// seconds (a publish that waits for its timeout, 5 s by default), and a request that also
 /// waits for another replica's claim can take longer.
 const DURATION_BUCKETS: [f64; 13] = [
@@ -189,8 +189,8 @@ impl Metrics {
     }
 
     /// Counts a callback request as in flight until the returned guard is finished or
-    /// dropped. A request whose future is dropped (the client went away) leaves the gauge
-    /// but is not counted in `webhook_bridge_requests_total`.
+    /// dropped. A request whose future is dropped (its client reset the connection) leaves
+    /// the gauge but is not counted in `webhook_bridge_requests_total`.
     pub fn start_request(&self) -> RequestGuard<'_> {
         self.requests_in_flight.inc();
         RequestGuard {
@@ -234,10 +234,9 @@ impl Metrics {
 
     /// Writes every metric in the text exposition format 0.0.4.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
-        let mut text = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
-        // The text encoder writes only UTF-8: names, label values and help texts are strings.
-        Ok(String::from_utf8(text).expect("the text format is UTF-8"))
+        let mut text = String::new();
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text)?;
+        Ok(text)
     }
 }
 

@@ -21,8 +21,8 @@ pub async fn receive_callback(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    // The guard lowers the in-flight gauge also when the client goes away and actix-web
-    // drops this future.
+    // The guard lowers the in-flight gauge also when actix-web drops this future, as it does
+    // when the client resets the connection.
     let in_flight = state.metrics.start_request();
     let forwarded = forward_callback(&request, payload, &state).await;
     let (outcome, event) = match forwarded {

@@ -240,7 +240,7 @@ async fn metrics_report_health_and_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_is_down_and_counted() {
-    // A port that was free a moment ago, so nothing answers there.
+    // A port that was free a moment ago, so nothing listens there.
     let port = free_port();
     let app = spawn_app_with(|settings| {
         settings.redis.url =
@@ -304,8 +304,8 @@ async fn aborted_request_leaves_in_flight() {
     client.write_all(request.as_bytes()).await.unwrap();
     wait_for_value(&app, in_flight, 1.0, Duration::from_secs(5)).await;
 
-    // A reset, not a FIN: actix-web lets a half-closed request run on, but drops the
-    // request future of a connection that was reset.
+    // The client resets the connection instead of closing it, because actix-http 3 lets the
+    // request of a half-closed connection run on but drops it when the connection is reset.
     client.set_zero_linger().unwrap();
     drop(client);
     wait_for_value(&app, in_flight, 0.0, Duration::from_secs(5)).await;
