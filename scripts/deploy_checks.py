@@ -25,6 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "WEBHOOK_BRIDGE__"
 ENV_NAME = re.compile(r"\bWEBHOOK_BRIDGE__[A-Z0-9_]+")
 
+# Settings whose value is one of a fixed set (BrokerKind and OnUnavailable in src/config).
+SETTING_CHOICES = {
+    ("broker", "kind"): {"rabbitmq", "kafka"},
+    ("redis", "on_unavailable"): {"reject", "publish"},
+}
+
 # Time the bridge takes to close the broker connection after the HTTP server stopped. It is 5 s
 # for RabbitMQ (RABBITMQ_CLOSE_TIMEOUT in src/startup.rs) and kafka.flush_timeout_ms for Kafka.
 RABBITMQ_CLOSE_SECS = 5
@@ -94,9 +100,12 @@ def check_env_variable(path, name, value, settings):
         return
 
     default = settings[section][key]
+    choices = SETTING_CHOICES.get((section, key))
     if value is None or "${" in value:
         return
-    if isinstance(default, bool):
+    if choices and value not in choices:
+        report(path, f"{name}={value}: expected one of {', '.join(sorted(choices))}")
+    elif isinstance(default, bool):
         if value not in ("true", "false"):
             report(path, f"{name}={value}: expected true or false")
     elif isinstance(default, int) and not re.fullmatch(r"[0-9]+", value):
@@ -140,6 +149,14 @@ def duration_secs(text):
     return sum(int(n) * units[u] for n, u in parts)
 
 
+def dependencies(service):
+    """Returns depends_on as a mapping, whether it is written as a list or a mapping."""
+    depends_on = service.get("depends_on") or {}
+    if isinstance(depends_on, list):
+        return {target: {} for target in depends_on}
+    return depends_on
+
+
 def service_names_in_profile(services, profile):
     return {name for name, service in services.items()
             if not service.get("profiles") or profile in service["profiles"]}
@@ -156,7 +173,7 @@ def check_compose_service(path, name, service, services, settings):
     if not one_shot and "healthcheck" not in service:
         report(path, f"service {name}: long-running services need a healthcheck")
 
-    for target, dependency in (service.get("depends_on") or {}).items():
+    for target, dependency in dependencies(service).items():
         if target not in services:
             report(path, f"service {name} depends on unknown service {target}")
             continue
@@ -227,7 +244,7 @@ def check_load_balancers(path, services, nginx_path):
                     if port not in exposed:
                         report(path, f"{name} proxies to {host}:{port}, but {target} does "
                                      f"not expose {port}")
-                    if target not in (service.get("depends_on") or {}):
+                    if target not in dependencies(service):
                         report(path, f"{name} should wait for {target} (depends_on)")
 
 
@@ -333,7 +350,8 @@ def check_container(path, overlay, container, pod_spec, documents, settings):
             found = [d for d in by_kind(documents, kind) if d["metadata"]["name"] == referenced]
             # The base leaves the Secret to the overlays.
             if not found and overlay != "base":
-                report(path, f"container {container['name']}: {kind} {referenced} is not in the build")
+                report(path, f"container {container['name']}: {kind} {referenced} is not "
+                             f"in the build")
             for document in found:
                 environment.update(document_data(document))
 
@@ -345,8 +363,9 @@ def check_container(path, overlay, container, pod_spec, documents, settings):
 def check_grace_period(path, container, pod_spec, environment, settings):
     """Checks that the kubelet waits for the preStop sleep and the whole drain."""
     def setting(section, key):
-        variable = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-        return int(environment.get(variable, settings[section][key]))
+        # A value that is not a number was reported already; the default stands in for it.
+        value = environment.get(f"{ENV_PREFIX}{section.upper()}__{key.upper()}", "")
+        return int(value) if value.isdigit() else settings[section][key]
 
     pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep")
     if not pre_stop:
@@ -383,20 +402,22 @@ def check_service_monitors(path, documents):
 def cmd_kubernetes(build_path, overlay):
     settings = load_settings()
     documents = load_documents(build_path)
+    # Problems name the kustomization, not the temporary file it was built into.
+    source = "deploy/kubernetes/" + (overlay if overlay == "base" else f"overlays/{overlay}")
     deployments = by_kind(documents, "Deployment")
     if len(deployments) != 1:
-        report(build_path, f"expected one Deployment, found {len(deployments)}")
+        report(source, f"expected one Deployment, found {len(deployments)}")
     for deployment in deployments:
-        check_workload(build_path, overlay, deployment, documents, settings)
-    check_service_monitors(build_path, documents)
+        check_workload(source, overlay, deployment, documents, settings)
+    check_service_monitors(source, documents)
 
     if overlay in LABEL_VALUES["broker"]:
         kinds = {d["data"].get(f"{ENV_PREFIX}BROKER__KIND")
                  for d in by_kind(documents, "ConfigMap")}
         if kinds != {overlay}:
-            report(build_path, f"overlay {overlay} sets broker kind {sorted(map(str, kinds))}")
+            report(source, f"overlay {overlay} sets broker kind {sorted(map(str, kinds))}")
         if not by_kind(documents, "ServiceMonitor"):
-            report(build_path, f"overlay {overlay} has no ServiceMonitor")
+            report(source, f"overlay {overlay} has no ServiceMonitor")
     return finish()
 
 
