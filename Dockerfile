@@ -5,7 +5,8 @@ FROM rust:1.88.0-slim-bookworm AS build
 
 # rdkafka builds the bundled librdkafka and, for its ssl-vendored feature, OpenSSL from source.
 # Both need make. OpenSSL's Configure also needs Perl core modules (IPC::Cmd) that Debian ships
-# in perl, not in perl-base.
+# in perl, not in perl-base. The versions are left to bookworm, whose security updates replace
+# older ones in the archive.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends make perl \
