@@ -35,8 +35,8 @@ SETTING_CHOICES = {
 # for RabbitMQ (RABBITMQ_CLOSE_TIMEOUT in src/startup.rs) and kafka.flush_timeout_ms for Kafka.
 RABBITMQ_CLOSE_SECS = 5
 
-# The metrics contract: name -> (type, labels, allowed values of labels with a fixed set).
-# README's Metrics section, once it exists, must name every one of them.
+# The metrics contract: name -> (type, label names). README's Metrics section, once it exists,
+# must name every one of them.
 METRICS = {
     "webhook_bridge_requests_total": ("counter", {"outcome", "reason"}),
     "webhook_bridge_request_duration_seconds": ("histogram", {"outcome"}),
@@ -363,7 +363,7 @@ def check_container(path, overlay, container, pod_spec, documents, settings):
 def check_grace_period(path, container, pod_spec, environment, settings):
     """Checks that the kubelet waits for the preStop sleep and the whole drain."""
     def setting(section, key):
-        # A value that is not a number was reported already; the default stands in for it.
+        # A value that is not a number was reported already, so the default is used instead.
         value = environment.get(f"{ENV_PREFIX}{section.upper()}__{key.upper()}", "")
         return int(value) if value.isdigit() else settings[section][key]
 
