@@ -4,7 +4,7 @@
 //! A request flows through [`routes`] (media type, size), [`callback`] (validation),
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
 //! [`publisher`] (RabbitMQ or Kafka). [`config`] and [`startup`] build it; [`error`] maps
-//! failures to HTTP responses.
+//! failures to HTTP responses. [`logging`] lays out the log lines.
 
 pub mod callback;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod dedup;
 pub mod delivery;
 pub mod error;
 pub mod event;
+pub mod logging;
 pub mod publisher;
 pub mod routes;
 pub mod secret;

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info};
+use webhook_bridge::config::LogFormat;
 use webhook_bridge::startup::StartupError;
-use webhook_bridge::{Application, Settings};
+use webhook_bridge::{Application, Settings, logging};
 
 /// Log filter when `RUST_LOG` is unset. lapin reports its I/O loop through `tracing`,
 /// whose span lines carry nothing an operator needs.
@@ -20,30 +21,42 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
-#[actix_web::main]
-async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
-        .init();
+fn main() -> ExitCode {
     let cli = Cli::parse();
-
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(cause) => {
-            error!("{cause}");
-            return ExitCode::from(2);
+    match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => {
+            init_logging(settings.log.format);
+            actix_web::rt::System::new().block_on(serve(settings))
         }
-    };
+        // log.format is unknown until the settings load, so this error is in text.
+        Err(cause) => {
+            init_logging(LogFormat::Text);
+            error!("{cause}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let mut builder = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
+    );
+    logging::set_format(&mut builder, format);
+    builder.init();
+}
+
+async fn serve(settings: Settings) -> ExitCode {
     info!(
-        "Starting webhook-bridge {}. config={}",
-        env!("CARGO_PKG_VERSION"),
-        settings.to_redacted_json()
+        config = settings.to_redacted_json();
+        "Starting webhook-bridge {}.",
+        env!("CARGO_PKG_VERSION")
     );
 
     let address = &settings.server.listen;
     let listener = match TcpListener::bind(address) {
         Ok(listener) => listener,
         Err(cause) => {
-            error!("Failed to listen. address={address} cause={cause}");
+            error!(address = address.as_str(), cause:% = cause; "Failed to listen.");
             return ExitCode::FAILURE;
         }
     };
@@ -61,8 +74,8 @@ async fn main() -> ExitCode {
         }
     };
     info!(
-        "Listening. address={address} webhook_path={}",
-        settings.server.webhook_path
+        address = address.as_str(), webhook_path = settings.server.webhook_path.as_str();
+        "Listening."
     );
 
     let code = match app.run_until_stopped().await {
@@ -71,7 +84,7 @@ async fn main() -> ExitCode {
             0
         }
         Err(cause) => {
-            error!("Server failed. cause={cause}");
+            error!(cause:% = cause; "Server failed.");
             1
         }
     };

@@ -43,6 +43,20 @@ fn invalid_url_error_hides_password() {
 }
 
 #[test]
+fn config_error_is_printed_as_text() {
+    // log.format cannot apply before the settings it belongs to have loaded.
+    let (code, log) = run_with(&[
+        ("WEBHOOK_BRIDGE__LOG__FORMAT", "json"),
+        ("WEBHOOK_BRIDGE__SERVER__LISTN", "0.0.0.0:1"),
+    ]);
+    assert_eq!(code, Some(2));
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.starts_with('['), "{log}");
+    assert!(log.contains(" ERROR "), "{log}");
+    assert!(log.contains("server.listn"), "{log}");
+}
+
+#[test]
 fn kafka_client_rejection_stops_startup() {
     // librdkafka checks this combination only when the producer is created.
     let (code, log) = run_with(&[
