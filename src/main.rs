@@ -2,11 +2,11 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use log::{error, info};
 use webhook_bridge::config::LogFormat;
 use webhook_bridge::startup::StartupError;
-use webhook_bridge::{Application, Settings, logging};
+use webhook_bridge::{Application, Settings, healthcheck, logging};
 
 /// Log filter when `RUST_LOG` is unset. lapin reports its I/O loop through `tracing`,
 /// whose span lines carry nothing an operator needs.
@@ -17,23 +17,44 @@ const DEFAULT_LOG_FILTER: &str = "info,tracing::span=warn";
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file; environment variables `WEBHOOK_BRIDGE__*` override it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Requests /healthz on the port of server.listen over loopback. Exits 0 on a 200
+    /// response and 1 otherwise.
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => {
-            init_logging(settings.log.format);
-            actix_web::rt::System::new().block_on(serve(settings))
-        }
-        // log.format is unknown until the settings load, so this error is in text.
-        Err(cause) => {
-            init_logging(LogFormat::Text);
-            error!("{cause}");
-            ExitCode::from(2)
-        }
+    let settings = Settings::load(cli.config.as_deref());
+
+    match cli.command {
+        Some(Command::Healthcheck) => match settings {
+            Ok(settings) => run_healthcheck(&settings),
+            Err(cause) => {
+                eprintln!("healthcheck failed: {cause}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match settings {
+            Ok(settings) => {
+                init_logging(settings.log.format);
+                actix_web::rt::System::new().block_on(serve(settings))
+            }
+            // log.format is unknown until the settings load, so this error is in text.
+            Err(cause) => {
+                init_logging(LogFormat::Text);
+                error!("{cause}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -43,6 +64,25 @@ fn init_logging(format: LogFormat) {
     );
     logging::set_format(&mut builder, format);
     builder.init();
+}
+
+/// Checks the running bridge without starting anything, and prints one line on failure.
+fn run_healthcheck(settings: &Settings) -> ExitCode {
+    let checked = settings
+        .server
+        .listen_addr()
+        .map_err(|cause| cause.to_string())
+        .and_then(|listen| {
+            healthcheck::check(healthcheck::probe_address(listen), healthcheck::TIMEOUT)
+                .map_err(|cause| cause.to_string())
+        });
+    match checked {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(cause) => {
+            eprintln!("healthcheck failed: {cause}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(settings: Settings) -> ExitCode {
