@@ -196,8 +196,8 @@ impl DedupStore {
         tokio::spawn(async move {
             if let Err(cause) = store.release(&claim).await {
                 warn!(
-                    "Releasing a claim whose SET timed out failed; re-deliveries wait until it expires. key={} cause={cause}",
-                    claim.key
+                    key = claim.key.as_str(), cause:% = cause;
+                    "Releasing a claim whose SET timed out failed; re-deliveries wait until it expires."
                 );
             }
         });

@@ -84,9 +84,10 @@ impl Delivery {
             Ok(ClaimOutcome::StillPending) => return Err(DeliveryError::StillPending),
             Err(cause) if self.on_redis_unavailable == OnRedisUnavailable::Publish => {
                 warn!(
-                    "Redis is unavailable; publishing without deduplication. task_id={} event_type={} cause={cause}",
-                    event.task_id,
-                    event.event_type.as_str()
+                    task_id:% = event.task_id,
+                    event_type = event.event_type.as_str(),
+                    cause:% = cause;
+                    "Redis is unavailable; publishing without deduplication."
                 );
                 None
             }
@@ -99,9 +100,10 @@ impl Delivery {
             {
                 self.metrics.record_dedup_error(DedupOperation::Release);
                 error!(
-                    "Releasing the dedup claim failed; re-deliveries get 503 until the claim expires. task_id={} event_type={} cause={release_error}",
-                    event.task_id,
-                    event.event_type.as_str()
+                    task_id:% = event.task_id,
+                    event_type = event.event_type.as_str(),
+                    cause:% = release_error;
+                    "Releasing the dedup claim failed; re-deliveries get 503 until the claim expires."
                 );
             }
             return Err(cause.into());
@@ -112,9 +114,10 @@ impl Delivery {
         {
             self.metrics.record_dedup_error(DedupOperation::MarkDone);
             warn!(
-                "Event published, but recording it in Redis failed; a re-delivery after the claim expires will publish it again. task_id={} event_type={} cause={cause}",
-                event.task_id,
-                event.event_type.as_str()
+                task_id:% = event.task_id,
+                event_type = event.event_type.as_str(),
+                cause:% = cause;
+                "Event published, but recording it in Redis failed; a re-delivery after the claim expires will publish it again."
             );
         }
         Ok(Outcome::Published)

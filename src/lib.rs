@@ -4,7 +4,8 @@
 //! A request flows through [`routes`] (media type, size), [`callback`] (validation),
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
 //! [`publisher`] (RabbitMQ or Kafka). [`config`] and [`startup`] build it; [`error`] maps
-//! failures to HTTP responses, and [`metrics`] counts them for Prometheus.
+//! failures to HTTP responses, and [`metrics`] counts them for Prometheus. [`logging`] lays
+//! out the log lines, and [`healthcheck`] is the client side of the `healthcheck` subcommand.
 
 pub mod callback;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod dedup;
 pub mod delivery;
 pub mod error;
 pub mod event;
+pub mod healthcheck;
+pub mod logging;
 pub mod metrics;
 pub mod publisher;
 pub mod routes;

@@ -2,10 +2,11 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use log::{error, info};
+use webhook_bridge::config::LogFormat;
 use webhook_bridge::startup::StartupError;
-use webhook_bridge::{Application, Settings};
+use webhook_bridge::{Application, Settings, healthcheck, logging};
 
 /// Log filter when `RUST_LOG` is unset. lapin reports its I/O loop through `tracing`,
 /// whose span lines carry nothing an operator needs.
@@ -16,34 +17,86 @@ const DEFAULT_LOG_FILTER: &str = "info,tracing::span=warn";
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file; environment variables `WEBHOOK_BRIDGE__*` override it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-#[actix_web::main]
-async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
-        .init();
-    let cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Requests /healthz on the port of server.listen over loopback. Exits 0 on a 200
+    /// response and 1 otherwise.
+    Healthcheck,
+}
 
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref());
+
+    match cli.command {
+        Some(Command::Healthcheck) => match settings {
+            Ok(settings) => run_healthcheck(&settings),
+            Err(cause) => {
+                eprintln!("healthcheck failed: {cause}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match settings {
+            Ok(settings) => {
+                init_logging(settings.log.format);
+                actix_web::rt::System::new().block_on(serve(settings))
+            }
+            // log.format is unknown until the settings load, so this error is in text.
+            Err(cause) => {
+                init_logging(LogFormat::Text);
+                error!("{cause}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let mut builder = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
+    );
+    logging::set_format(&mut builder, format);
+    builder.init();
+}
+
+/// Checks the running bridge without starting anything, and prints one line on failure.
+fn run_healthcheck(settings: &Settings) -> ExitCode {
+    let checked = settings
+        .server
+        .listen_addr()
+        .map_err(|cause| cause.to_string())
+        .and_then(|listen| {
+            healthcheck::check(healthcheck::probe_address(listen), healthcheck::TIMEOUT)
+                .map_err(|cause| cause.to_string())
+        });
+    match checked {
+        Ok(()) => ExitCode::SUCCESS,
         Err(cause) => {
-            error!("{cause}");
-            return ExitCode::from(2);
+            eprintln!("healthcheck failed: {cause}");
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
     info!(
-        "Starting webhook-bridge {}. config={}",
-        env!("CARGO_PKG_VERSION"),
-        settings.to_redacted_json()
+        config = settings.to_redacted_json();
+        "Starting webhook-bridge {}.",
+        env!("CARGO_PKG_VERSION")
     );
 
     let address = &settings.server.listen;
     let listener = match TcpListener::bind(address) {
         Ok(listener) => listener,
         Err(cause) => {
-            error!("Failed to listen. address={address} cause={cause}");
+            error!(address = address.as_str(), cause:% = cause; "Failed to listen.");
             return ExitCode::FAILURE;
         }
     };
@@ -61,8 +114,8 @@ async fn main() -> ExitCode {
         }
     };
     info!(
-        "Listening. address={address} webhook_path={}",
-        settings.server.webhook_path
+        address = address.as_str(), webhook_path = settings.server.webhook_path.as_str();
+        "Listening."
     );
 
     let code = match app.run_until_stopped().await {
@@ -71,7 +124,7 @@ async fn main() -> ExitCode {
             0
         }
         Err(cause) => {
-            error!("Server failed. cause={cause}");
+            error!(cause:% = cause; "Server failed.");
             1
         }
     };

@@ -18,7 +18,8 @@ use crate::publisher::{KafkaPublisher, Publisher, RabbitMqPublisher};
 use crate::routes::{self, AppState};
 
 /// Access log line: peer, method, path without query string, status, size, duration.
-/// The query string is left out because it may carry credentials.
+/// The query string and every request header (`Authorization`, cookies) are left out
+/// because they may carry credentials.
 const ACCESS_LOG_FORMAT: &str = r#"%a "%{method}xi %U" %s %b %Dms"#;
 
 /// Time allowed for closing the RabbitMQ connection after the HTTP server stopped. Kafka
@@ -51,10 +52,10 @@ impl Application {
     pub async fn build(settings: Settings, listener: TcpListener) -> Result<Self, StartupError> {
         let dedup = DedupStore::new(&settings.redis)?;
         match dedup.ping().await {
-            Ok(()) => info!("Connected to Redis. url={}", settings.redis.url),
+            Ok(()) => info!(url:% = settings.redis.url; "Connected to Redis."),
             Err(cause) => warn!(
-                "Redis check failed; answering 503 until it succeeds. url={} cause={cause}",
-                settings.redis.url
+                url:% = settings.redis.url, cause:% = cause;
+                "Redis check failed; answering 503 until it succeeds."
             ),
         }
         let publisher: Arc<dyn Publisher> = match settings.broker.kind {

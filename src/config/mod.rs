@@ -54,6 +54,7 @@ pub struct Settings {
     pub rabbitmq: RabbitMqSettings,
     pub kafka: KafkaSettings,
     pub event: EventSettings,
+    pub log: LogSettings,
 }
 
 /// HTTP server settings.
@@ -299,6 +300,37 @@ impl Default for EventSettings {
             source: "webhook-bridge".to_owned(),
         }
     }
+}
+
+/// Layout of the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// `[time LEVEL target] message key=value ...`, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("expected \"text\" or \"json\", not \"{other}\"")),
+        }
+    }
+}
+
+/// Logging settings. Levels come from `RUST_LOG`, not from here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Layout of each line: `text` or `json`.
+    pub format: LogFormat,
 }
 
 /// A configuration error that names the key at fault, or the file that could not be read.
@@ -955,6 +987,26 @@ mod tests {
         let error = load_env(&[("WEBHOOK_BRIDGE__REDIS__ON_UNAVAILABLE", "Publish")]).unwrap_err();
         assert_eq!(error.key, "redis.on_unavailable");
         assert!(error.message.contains("reject"), "{error}");
+    }
+
+    #[test]
+    fn log_format_defaults_to_text() {
+        let settings = load_env(&[]).unwrap();
+        assert_eq!(settings.log.format, LogFormat::Text);
+
+        let settings = load_env(&[("WEBHOOK_BRIDGE__LOG__FORMAT", "json")]).unwrap();
+        assert_eq!(settings.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn log_format_rejects_unknown_values() {
+        let error = load_env(&[("WEBHOOK_BRIDGE__LOG__FORMAT", "logfmt")]).unwrap_err();
+        assert_eq!(error.key, "log.format");
+        assert!(error.message.contains("\"text\" or \"json\""), "{error}");
+
+        let error = load_env(&[("WEBHOOK_BRIDGE__LOG__LEVEL", "debug")]).unwrap_err();
+        assert_eq!(error.key, "log.level");
+        assert!(error.message.contains("unknown field"), "{error}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl ChannelPool {
             if channel.status().connected()
                 && let Err(cause) = channel.close(REPLY_SUCCESS, "OK".into()).await
             {
-                warn!("Closing a RabbitMQ channel failed. cause={cause}");
+                warn!(cause:% = cause; "Closing a RabbitMQ channel failed.");
             }
         }
     }
@@ -116,7 +116,7 @@ impl ChannelPool {
             match replaced {
                 Ok(Ok(channel)) => pool.give_back(channel),
                 Ok(Err(cause)) => {
-                    warn!("Replacing a RabbitMQ channel failed; reconnecting. cause={cause}");
+                    warn!(cause:% = cause; "Replacing a RabbitMQ channel failed; reconnecting.");
                     pool.broken.store(true, Ordering::SeqCst);
                 }
                 Err(_) => {

@@ -110,7 +110,7 @@ impl ClientContext for BridgeContext {
         }
         let left_out = std::mem::replace(entry, (Some(Instant::now()), 0)).1;
         let cause = redact_secrets(&format!("{error}: {reason}"), &self.secrets);
-        warn!("Kafka client error. cause={cause} repeats_not_logged={left_out}");
+        warn!(cause:% = cause, repeats_not_logged = left_out; "Kafka client error.");
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -212,19 +212,25 @@ impl Shared {
         let brokers = &self.settings.brokers;
         match &health {
             Health::Ready => info!(
-                "Kafka is reachable and both topics exist. brokers={brokers} topics={},{}",
-                self.settings.topic_completed, self.settings.topic_failed
+                brokers:% = brokers,
+                topics:% = format_args!(
+                    "{},{}",
+                    self.settings.topic_completed,
+                    self.settings.topic_failed
+                );
+                "Kafka is reachable and both topics exist."
             ),
             Health::Unreachable(cause) => warn!(
-                "Kafka brokers are not reachable; answering 503 until they are. brokers={brokers} cause={cause}"
+                brokers:% = brokers, cause:% = cause;
+                "Kafka brokers are not reachable; answering 503 until they are."
             ),
             Health::MissingTopics(topics) => error!(
-                "Kafka topics do not exist; their events get 503 until the topics are created (or kafka.create_topics is set). brokers={brokers} topics={}",
-                topics.join(",")
+                brokers:% = brokers, topics = topics.join(",");
+                "Kafka topics do not exist; their events get 503 until the topics are created (or kafka.create_topics is set)."
             ),
             Health::TopicErrors(errors) => warn!(
-                "Kafka topics report errors; the bridge is not ready until they clear. brokers={brokers} errors={}",
-                errors.join(",")
+                brokers:% = brokers, errors = errors.join(",");
+                "Kafka topics report errors; the bridge is not ready until they clear."
             ),
             Health::Unknown => {}
         }
@@ -279,8 +285,8 @@ impl KafkaPublisher {
             .is_err()
         {
             warn!(
-                "Kafka did not answer the startup check within {wait:?}; answering 503 until it does. brokers={}",
-                shared.settings.brokers
+                brokers:% = shared.settings.brokers;
+                "Kafka did not answer the startup check within {wait:?}; answering 503 until it does."
             );
         }
         Ok(Self {
@@ -341,7 +347,8 @@ impl Publisher for KafkaPublisher {
                     |code| code.to_string(),
                 );
                 warn!(
-                    "Kafka producer failed {count} publishes in a row; building a new producer. cause={cause}"
+                    cause:% = cause;
+                    "Kafka producer failed {count} publishes in a row; building a new producer."
                 );
                 signals.error_reported.notify_one();
             }
@@ -381,9 +388,10 @@ impl Publisher for KafkaPublisher {
         match flushed {
             Ok((Ok(()), _)) => info!("Kafka producer flushed; nothing is left undelivered."),
             Ok((Err(cause), undelivered)) => error!(
-                "Kafka producer did not deliver every message within {limit:?}. undelivered={undelivered} cause={cause}"
+                undelivered = undelivered, cause:% = cause;
+                "Kafka producer did not deliver every message within {limit:?}."
             ),
-            Err(cause) => error!("Flushing the Kafka producer failed. cause={cause}"),
+            Err(cause) => error!(cause:% = cause; "Flushing the Kafka producer failed."),
         }
     }
 }
@@ -510,7 +518,8 @@ async fn supervise(shared: Arc<Shared>) {
             // A broker that fails every new producer would repeat this line at each rebuild.
             if rebuilds_in_a_row <= 3 || rebuilds_in_a_row.is_power_of_two() {
                 error!(
-                    "Kafka producer can no longer publish; building a new producer in {rebuild_delay:?}. rebuilds_in_a_row={rebuilds_in_a_row} cause={cause}"
+                    rebuilds_in_a_row = rebuilds_in_a_row, cause:% = cause;
+                    "Kafka producer can no longer publish; building a new producer in {rebuild_delay:?}."
                 );
             }
             sleep(rebuild_delay).await;
@@ -551,7 +560,7 @@ async fn rebuild(shared: &Shared) -> bool {
     let (producer, signals) = match built {
         Ok(built) => built,
         Err(cause) => {
-            error!("Building a new Kafka producer failed; retrying. cause={cause}");
+            error!(cause:% = cause; "Building a new Kafka producer failed; retrying.");
             return false;
         }
     };
@@ -657,7 +666,7 @@ async fn create_topics(settings: &KafkaSettings, topics: &[String]) {
     let admin = match created {
         Ok(admin) => admin,
         Err(cause) => {
-            error!("Creating the Kafka admin client failed. cause={cause}");
+            error!(cause:% = cause; "Creating the Kafka admin client failed.");
             return;
         }
     };
@@ -679,17 +688,22 @@ async fn create_topics(settings: &KafkaSettings, topics: &[String]) {
             for result in results {
                 match result {
                     Ok(topic) => info!(
-                        "Created Kafka topic. topic={topic} partitions={} replication_factor={}",
-                        settings.topic_partitions, settings.topic_replication_factor
+                        topic = topic.as_str(),
+                        partitions = settings.topic_partitions,
+                        replication_factor = settings.topic_replication_factor;
+                        "Created Kafka topic."
                     ),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((topic, code)) => {
-                        error!("Creating a Kafka topic failed. topic={topic} cause={code}")
+                        error!(
+                            topic = topic.as_str(), cause:% = code;
+                            "Creating a Kafka topic failed."
+                        )
                     }
                 }
             }
         }
-        Ok(Err(cause)) => error!("Creating Kafka topics failed. cause={cause}"),
+        Ok(Err(cause)) => error!(cause:% = cause; "Creating Kafka topics failed."),
         Err(_) => error!("Creating Kafka topics timed out after {:?}.", limit * 2),
     }
     // The admin client's drop joins its thread.

@@ -133,8 +133,8 @@ impl RabbitMqPublisher {
             .is_err()
         {
             warn!(
-                "RabbitMQ is not reachable yet; answering 503 until the connection is up. url={}",
-                shared.settings.url
+                url:% = shared.settings.url;
+                "RabbitMQ is not reachable yet; answering 503 until the connection is up."
             );
         }
         Self {
@@ -277,8 +277,8 @@ async fn supervise(shared: Arc<Shared>) {
         match timeout(connect_timeout, open_link(settings)).await {
             Ok(Ok(link)) => {
                 info!(
-                    "Connected to RabbitMQ. url={} exchange={}",
-                    settings.url, settings.exchange
+                    url:% = settings.url, exchange = settings.exchange.as_str();
+                    "Connected to RabbitMQ."
                 );
                 shared.set_link(Some(link.clone()));
                 delay = min_delay;
@@ -289,10 +289,7 @@ async fn supervise(shared: Arc<Shared>) {
                     close_link(&link).await;
                     break;
                 }
-                error!(
-                    "RabbitMQ connection or channel lost; reconnecting. url={}",
-                    settings.url
-                );
+                error!(url:% = settings.url; "RabbitMQ connection or channel lost; reconnecting.");
                 // Drop a half-open connection so that its socket does not linger.
                 if link.connection.status().connected() {
                     let _ = timeout(
@@ -304,12 +301,12 @@ async fn supervise(shared: Arc<Shared>) {
                 continue;
             }
             Ok(Err(cause)) => warn!(
-                "Connecting to RabbitMQ failed; retrying in {delay:?}. url={} attempt={attempt} cause={cause}",
-                settings.url
+                url:% = settings.url, attempt = attempt, cause:% = cause;
+                "Connecting to RabbitMQ failed; retrying in {delay:?}."
             ),
             Err(_) => warn!(
-                "Connecting to RabbitMQ timed out after {connect_timeout:?}; retrying in {delay:?}. url={} attempt={attempt}",
-                settings.url
+                url:% = settings.url, attempt = attempt;
+                "Connecting to RabbitMQ timed out after {connect_timeout:?}; retrying in {delay:?}."
             ),
         }
         tokio::select! {
@@ -326,7 +323,7 @@ async fn close_link(link: &Link) {
     if link.connection.status().connected()
         && let Err(cause) = link.connection.close(REPLY_SUCCESS, "OK".into()).await
     {
-        warn!("Closing the RabbitMQ connection failed. cause={cause}");
+        warn!(cause:% = cause; "Closing the RabbitMQ connection failed.");
         return;
     }
     info!("RabbitMQ connection closed.");
@@ -340,12 +337,15 @@ async fn wait_for_loss(shared: &Shared, link: &Link) {
         tokio::select! {
             event = events.next() => match event {
                 Some(lapin::Event::Error(cause)) => {
-                    warn!("RabbitMQ connection reported an error. cause={cause}");
+                    warn!(cause:% = cause; "RabbitMQ connection reported an error.");
                     return;
                 }
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     shared.blocked.store(true, Ordering::SeqCst);
-                    warn!("RabbitMQ blocked the connection; publishes will time out until it is unblocked. reason={reason}");
+                    warn!(
+                        reason:% = reason;
+                        "RabbitMQ blocked the connection; publishes will time out until it is unblocked."
+                    );
                 }
                 Some(lapin::Event::ConnectionUnblocked) => {
                     shared.blocked.store(false, Ordering::SeqCst);
@@ -466,7 +466,8 @@ async fn check_exchange_exists(connection: &Connection, exchange: &str) {
             let _ = probe.close(REPLY_SUCCESS, "OK".into()).await;
         }
         Err(cause) => error!(
-            "RabbitMQ exchange does not exist and rabbitmq.declare_exchange is false; publishes will fail until it is created. exchange={exchange} cause={cause}"
+            exchange:% = exchange, cause:% = cause;
+            "RabbitMQ exchange does not exist and rabbitmq.declare_exchange is false; publishes will fail until it is created."
         ),
     }
 }

@@ -17,7 +17,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     match state.metrics.encode() {
         Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
         Err(cause) => {
-            error!("Encoding the metrics failed. cause={cause}");
+            error!(cause:% = cause; "Encoding the metrics failed.");
             HttpResponse::InternalServerError().finish()
         }
     }

@@ -39,9 +39,8 @@ pub async fn receive_callback(
     };
     in_flight.finish(status, "none");
     debug!(
-        "Callback {status}. task_id={} event_type={}",
-        event.task_id,
-        event.event_type.as_str()
+        task_id:% = event.task_id, event_type = event.event_type.as_str();
+        "Callback {status}."
     );
     Ok(HttpResponse::Ok().json(json!({
         "status": status,
@@ -79,8 +78,8 @@ async fn forward_callback(
         Ok(finished) => finished,
         Err(cause) => {
             error!(
-                "Delivery task ended abnormally. task_id={} cause={cause}",
-                callback.task_id
+                task_id:% = callback.task_id, cause:% = cause;
+                "Delivery task ended abnormally."
             );
             return Err(ApiError::Unavailable {
                 cause: DeliveryError::Interrupted,
@@ -93,10 +92,11 @@ async fn forward_callback(
         Ok(outcome) => Ok((outcome, event)),
         Err(cause) => {
             error!(
-                "Answering 503: callback not forwarded. task_id={} event_type={} retriable={} cause={cause}",
-                event.task_id,
-                event.event_type.as_str(),
-                cause.is_retriable()
+                task_id:% = event.task_id,
+                event_type = event.event_type.as_str(),
+                retriable = cause.is_retriable(),
+                cause:% = cause;
+                "Answering 503: callback not forwarded."
             );
             Err(ApiError::Unavailable {
                 cause,
@@ -169,7 +169,7 @@ async fn read_body(
     let mut body = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|cause| {
-            debug!("Reading the request body failed. cause={cause}");
+            debug!(cause:% = cause; "Reading the request body failed.");
             ApiError::BodyRead
         })?;
         if body.len() + chunk.len() > limit {
@@ -181,7 +181,7 @@ async fn read_body(
 }
 
 fn log_rejection(cause: &CallbackError) {
-    debug!("Rejected callback. cause={cause}");
+    debug!(cause:% = cause; "Rejected callback.");
 }
 
 fn media_type_error(message: impl Into<String>) -> ApiError {

@@ -1,6 +1,10 @@
-//! The binary's startup checks: invalid configuration stops it with the key named.
+//! The binary's startup checks (invalid configuration stops it with the key named) and its
+//! `healthcheck` subcommand.
 
-use std::process::Command;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
@@ -40,6 +44,20 @@ fn invalid_url_error_hides_password() {
     assert_eq!(code, Some(2));
     assert!(log.contains("rabbitmq.url"), "{log}");
     assert!(!log.contains("hunter2"), "{log}");
+}
+
+#[test]
+fn config_error_is_printed_as_text() {
+    // log.format cannot apply before the settings it belongs to have loaded.
+    let (code, log) = run_with(&[
+        ("WEBHOOK_BRIDGE__LOG__FORMAT", "json"),
+        ("WEBHOOK_BRIDGE__SERVER__LISTN", "0.0.0.0:1"),
+    ]);
+    assert_eq!(code, Some(2));
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.starts_with('['), "{log}");
+    assert!(log.contains(" ERROR "), "{log}");
+    assert!(log.contains("server.listn"), "{log}");
 }
 
 #[test]
@@ -172,4 +190,133 @@ async fn sigint_stops_cleanly() {
     assert!(log.contains("RabbitMQ connection closed."), "{log}");
     assert!(log.contains("Stopped."), "{log}");
     remove_test_data(&settings).await;
+}
+
+/// Runs `webhook-bridge healthcheck` with `args` and `variables`, off the async runtime.
+async fn run_healthcheck(args: &[&str], variables: &[(&str, String)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-bridge"));
+    command
+        .arg("healthcheck")
+        .args(args)
+        .envs(variables.iter().map(|(name, value)| (name, value)))
+        .env("RUST_LOG", "debug");
+    tokio::task::spawn_blocking(move || command.output().expect("healthcheck runs"))
+        .await
+        .expect("healthcheck task")
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_passes_against_running_bridge() {
+    let app = spawn_app().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+
+    let output = run_healthcheck(
+        &[],
+        &[(
+            "WEBHOOK_BRIDGE__SERVER__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )],
+    )
+    .await;
+    let log = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert_eq!(log, "", "a passing check prints nothing");
+    assert!(output.stdout.is_empty(), "the configuration is not printed");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_fails_on_closed_port() {
+    let port = free_port();
+    let output = run_healthcheck(
+        &[],
+        &[("WEBHOOK_BRIDGE__SERVER__LISTEN", format!("0.0.0.0:{port}"))],
+    )
+    .await;
+    let log = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+    assert!(
+        log.contains(&format!("connecting to 127.0.0.1:{port} failed")),
+        "{log}"
+    );
+    assert!(output.stdout.is_empty(), "the configuration is not printed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_fails_on_non_200_status() {
+    // A server that responds 503 to one request and returns the request it read.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the healthcheck connected");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => panic!("accept failed: {error}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0_u8; 512];
+        while !request.ends_with(b"\r\n\r\n") {
+            let read = stream.read(&mut chunk).unwrap();
+            assert!(
+                read > 0,
+                "the client closed before the end of the request head"
+            );
+            request.extend_from_slice(&chunk[..read]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        String::from_utf8(request).unwrap()
+    });
+
+    // The listen address comes from the file, after the subcommand.
+    let dir = std::env::temp_dir().join(format!("webhook-bridge-cli-{}", unique_task_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let output = run_healthcheck(&["--config", config.to_str().unwrap()], &[]).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let request = server.join().expect("test server");
+    assert!(
+        request.starts_with("GET /healthz HTTP/1.1\r\n"),
+        "{request}"
+    );
+    let log = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+    assert!(log.contains("HTTP/1.1 503 Service Unavailable"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_reports_invalid_configuration() {
+    let output = run_healthcheck(
+        &[],
+        &[("WEBHOOK_BRIDGE__SERVER__LISTEN", "localhost".to_owned())],
+    )
+    .await;
+    let log = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+    assert!(log.contains("server.listen"), "{log}");
 }

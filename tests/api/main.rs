@@ -14,6 +14,7 @@ mod duplicates;
 mod failures;
 mod kafka;
 mod kafka_faults;
+mod logs;
 mod metrics;
 mod rejections;
 mod shutdown;
