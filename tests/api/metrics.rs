@@ -1,7 +1,7 @@
 //! `/metrics` counts each callback outcome, publish and Redis failure with the right labels,
 //! reports broker and Redis health, and passes `promtool check metrics`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -404,4 +404,79 @@ async fn kafka_publish_is_counted() {
         "a Kafka bridge reports no RabbitMQ series"
     );
     teardown_kafka(app).await;
+}
+
+/// Returns every `webhook_bridge_*` name used in a query of the Grafana dashboard.
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/webhook-bridge.json"
+    );
+    let text = std::fs::read_to_string(path).expect("dashboard file");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut queries = Vec::new();
+    collect_queries(&dashboard, &mut queries);
+    assert!(!queries.is_empty(), "the dashboard has no queries");
+
+    let mut names = BTreeSet::new();
+    for query in queries {
+        for (start, _) in query.match_indices("webhook_bridge_") {
+            let name: String = query[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+fn collect_queries(value: &serde_json::Value, queries: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            for (key, value) in object {
+                match value {
+                    serde_json::Value::String(query) if key == "expr" => {
+                        queries.push(query.clone())
+                    }
+                    other => collect_queries(other, queries),
+                }
+            }
+        }
+        serde_json::Value::Array(values) => {
+            for value in values {
+                collect_queries(value, queries);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_queries_use_served_metrics() {
+    let app = spawn_app().await;
+    let text = scrape(&app).await.text;
+    app.teardown().await;
+
+    // A histogram `name` is served as `name_bucket`, `name_sum` and `name_count`.
+    let mut served = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(declaration) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = declaration.split_once(' ').expect("TYPE line has a kind");
+            served.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    served.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    let unknown: Vec<_> = dashboard_metric_names()
+        .into_iter()
+        .filter(|name| !served.contains(name))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/grafana/webhook-bridge.json queries metrics that /metrics does not serve: {unknown:?}"
+    );
 }
