@@ -15,5 +15,6 @@ mod failures;
 mod kafka;
 mod kafka_faults;
 mod rejections;
+mod replicas;
 mod shutdown;
 mod tls;
