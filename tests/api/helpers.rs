@@ -394,8 +394,10 @@ pub async fn remove_test_data(settings: &Settings) {
 }
 
 /// The bridge binary running as a child process, with RUST_LOG=info and stderr captured.
+/// Dropping it before `stop_with` kills the process, so that a failed test leaves none
+/// running.
 pub struct BridgeProcess {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
 }
 
 impl BridgeProcess {
@@ -408,20 +410,30 @@ impl BridgeProcess {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("bridge binary starts");
-        Self { child }
+        Self { child: Some(child) }
     }
 
     /// Sends `signal` (such as `TERM` or `INT`) and waits for the process to exit.
-    pub async fn stop_with(self, signal: &str) -> std::process::Output {
+    pub async fn stop_with(mut self, signal: &str) -> std::process::Output {
+        let id = self.child.as_ref().expect("the process is running").id();
         let sent = std::process::Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
+            .args([format!("-{signal}"), id.to_string()])
             .status()
             .expect("kill runs");
         assert!(sent.success(), "SIG{signal} was delivered");
-        let child = self.child;
+        let child = self.child.take().expect("the process is running");
         tokio::task::spawn_blocking(move || child.wait_with_output())
             .await
             .expect("wait task")
             .expect("bridge output")
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

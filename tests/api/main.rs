@@ -17,5 +17,6 @@ mod kafka_faults;
 mod logs;
 mod metrics;
 mod rejections;
+mod replicas;
 mod shutdown;
 mod tls;
