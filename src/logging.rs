@@ -119,6 +119,9 @@ struct TextFields<'a>(&'a mut dyn Write);
 
 impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
+        // A value with a line break, such as a broker's error text, is indented like a
+        // multi-line message, so that it cannot pass for a log line of its own.
+        let value = value.to_string().replace('\n', TEXT_INDENT);
         write!(self.0, " {key}={value}")?;
         Ok(())
     }
@@ -365,5 +368,18 @@ mod tests {
     fn text_indents_continuation_lines() {
         let line = text_line(format_args!("first\nsecond"), &[]);
         assert!(line.ends_with("] first\n    second\n"), "{line:?}");
+    }
+
+    #[test]
+    fn text_indents_line_breaks_in_fields() {
+        let cause = "refused\n[2026-12-04T00:00:00Z ERROR forged] line";
+        let line = text_line(
+            format_args!("Publish failed."),
+            &[("cause", Value::from_display(&cause))],
+        );
+        assert!(
+            line.ends_with("cause=refused\n    [2026-12-04T00:00:00Z ERROR forged] line\n"),
+            "{line:?}"
+        );
     }
 }
