@@ -42,7 +42,8 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /usr/local/bin/webhook-bridge /usr/local/bin/webhook-bridge
 
 # Settings come from WEBHOOK_BRIDGE__* variables; a TOML file can be mounted and passed with
-# --config. Listening on all interfaces is the one setting a container always needs.
+# --config. Listening on all interfaces is the one setting a container always needs. Variables
+# take precedence over the file, so change the port with this variable, not in the file.
 ENV WEBHOOK_BRIDGE__SERVER__LISTEN=0.0.0.0:8080
 EXPOSE 8080
 

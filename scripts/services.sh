@@ -93,10 +93,12 @@ ensure_promtool() {
   workdir=$(mktemp -d)
   (
     cd "$workdir"
-    apt-get download -q -o APT::Sandbox::User=root prometheus
+    # Lists older than the archive name a version it no longer has: update and try again.
+    apt-get download -q -o APT::Sandbox::User=root prometheus ||
+      { apt-get update -q && apt-get download -q -o APT::Sandbox::User=root prometheus; }
     dpkg-deb -x prometheus_*.deb extracted
     install -m 0755 extracted/usr/bin/promtool /usr/local/bin/promtool
-  )
+  ) || { rm -rf "$workdir"; echo "installing promtool failed" >&2; exit 1; }
   rm -rf "$workdir"
   promtool --version >/dev/null || { echo "promtool does not run after installing it" >&2; exit 1; }
 }

@@ -6,7 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Time allowed to connect, and to send the request and read the status line.
+/// Time allowed for the whole check: connecting, sending the request and reading the status
+/// line. It stays below the 3 s timeout of the image's and the Compose file's health checks,
+/// so that a slow bridge fails with this tool's message rather than Docker's.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Maximum number of bytes read for the status line. The bridge sends a far shorter one.
@@ -48,8 +50,8 @@ pub fn probe_address(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-/// Sends `GET /healthz` to `address` and succeeds when the status code is 200. Connecting
-/// may take `timeout`, and sending the request and reading the status line another `timeout`.
+/// Sends `GET /healthz` to `address` and succeeds when the status code is 200, all within
+/// `timeout`.
 pub fn check(address: SocketAddr, timeout: Duration) -> Result<(), HealthcheckError> {
     let io_error = |step, cause: io::Error| match cause.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => HealthcheckError::Timeout {
@@ -64,11 +66,12 @@ pub fn check(address: SocketAddr, timeout: Duration) -> Result<(), HealthcheckEr
         },
     };
 
+    let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&address, timeout)
         .map_err(|cause| io_error("connecting to", cause))?;
-    let deadline = Instant::now() + timeout;
+    let left = deadline.saturating_duration_since(Instant::now());
     stream
-        .set_write_timeout(Some(timeout))
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))
         .and_then(|()| {
             let request =
                 format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
@@ -99,7 +102,11 @@ fn read_status_line(stream: &mut TcpStream, deadline: Instant) -> io::Result<Str
         }
         stream.set_read_timeout(Some(left))?;
 
-        let read = stream.read(&mut chunk)?;
+        let read = match stream.read(&mut chunk) {
+            Ok(read) => read,
+            Err(cause) if cause.kind() == io::ErrorKind::Interrupted => continue,
+            Err(cause) => return Err(cause),
+        };
         received.extend_from_slice(&chunk[..read]);
         let line_end = received.iter().position(|&byte| byte == b'\n');
         if read == 0 || line_end.is_some() || received.len() >= MAX_STATUS_LINE_BYTES {

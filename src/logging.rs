@@ -121,8 +121,12 @@ impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
         // A value with a line break, such as a broker's error text, is indented like a
         // multi-line message, so that it cannot pass for a log line of its own.
-        let value = value.to_string().replace('\n', TEXT_INDENT);
-        write!(self.0, " {key}={value}")?;
+        let value = value.to_string();
+        if value.contains('\n') {
+            write!(self.0, " {key}={}", value.replace('\n', TEXT_INDENT))?;
+        } else {
+            write!(self.0, " {key}={value}")?;
+        }
         Ok(())
     }
 }

@@ -249,7 +249,7 @@ pub struct RequestGuard<'a> {
 
 impl RequestGuard<'_> {
     /// Counts the request with its `outcome` and `reason` labels and records its duration.
-    pub fn finish(self, outcome: &str, reason: &str) {
+    pub fn finish(self, outcome: &'static str, reason: &'static str) {
         let metrics = self.metrics;
         metrics.requests.with_label_values(&[outcome, reason]).inc();
         metrics

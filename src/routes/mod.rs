@@ -51,8 +51,8 @@ pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str) {
         )
         .service(
             web::resource("/metrics")
+                // No HEAD: Prometheus never sends it, and each scrape pings Redis.
                 .route(web::get().to(metrics::metrics))
-                .route(web::head().to(metrics::metrics))
                 .default_service(web::to(|| method_not_allowed("GET"))),
         )
         .default_service(web::to(not_found));
