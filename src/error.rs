@@ -59,7 +59,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyRead => "body_read_failed",
             Self::BodyTimeout(_) => "body_read_timeout",
-            Self::Callback(CallbackError::Malformed(_)) => "invalid_json",
+            Self::Callback(CallbackError::Malformed { .. }) => "invalid_json",
             Self::Callback(CallbackError::Invalid { .. }) => "invalid_payload",
             Self::Unavailable { cause, .. } => match cause {
                 DeliveryError::Dedup(_) => "dedup_unavailable",
@@ -74,6 +74,9 @@ impl ApiError {
         let (field, message) = match self {
             Self::Callback(CallbackError::Invalid { field, reason }) => {
                 (Some(field.as_str()), reason.clone())
+            }
+            Self::Callback(CallbackError::Malformed { field, message }) => {
+                (field.as_deref(), message.clone())
             }
             Self::UnsupportedMediaType { header, message } => (Some(*header), message.clone()),
             Self::Unavailable { cause, .. } => {
@@ -106,7 +109,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Callback(CallbackError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Self::Callback(CallbackError::Malformed { .. }) => StatusCode::BAD_REQUEST,
             Self::Callback(CallbackError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
