@@ -1,8 +1,8 @@
-//! Rules for the request body as a JSON text, before any field is read: one UTF-8 document
-//! without a byte order mark, unique keys in every object, no `\u` escape of a lone UTF-16
-//! surrogate, and nesting at most [`MAX_NESTING_DEPTH`] levels deep. These are the rules of
-//! I-JSON (RFC 7493) plus a depth limit, so that every consumer decodes the forwarded event
-//! the same way.
+//! Rules for the request body as a JSON text, checked before any field is read. The body is
+//! one UTF-8 document without a byte order mark. Every object has unique keys, no string has
+//! a `\u` escape of a lone UTF-16 surrogate, and nesting stops at [`MAX_NESTING_DEPTH`]
+//! levels. These are the rules of I-JSON (RFC 7493) plus a depth limit, so that every
+//! consumer decodes the forwarded event the same way.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -229,7 +229,7 @@ fn lone_surrogate_error(frames: &[Frame<'_>]) -> CallbackError {
 mod tests {
     use super::*;
 
-    /// Returns the field and message of a 400 answer for `body`.
+    /// Returns the field and message of the 400 response for `body`.
     fn malformed(body: &[u8]) -> (Option<String>, String) {
         let result = parse_document(body).and_then(|document| check_structure(document.get()));
         match result {

@@ -165,12 +165,12 @@ async fn requests_beyond_in_flight_cap_get_503() {
 
     // Three publishes wait on the stalled broker connection, holding every permit.
     proxy.set(Mode::Stall);
-    let mut held = Vec::new();
+    let mut stalled = Vec::new();
     for _ in 0..3 {
         let http = app.http.clone();
         let url = app.webhook_url();
         let body = completed_body(&unique_task_id());
-        held.push(tokio::spawn(async move {
+        stalled.push(tokio::spawn(async move {
             http.post(url)
                 .header("content-type", "application/json")
                 .body(body)
@@ -213,11 +213,11 @@ async fn requests_beyond_in_flight_cap_get_503() {
         app.redis_get(&app.dedup_key(&extra_id, "completed")).await,
         None
     );
-    assert!(held.iter().all(|request| !request.is_finished()));
+    assert!(stalled.iter().all(|request| !request.is_finished()));
 
     proxy.set(Mode::Forward);
-    for request in held {
-        let response = request.await.unwrap().expect("held request completes");
+    for request in stalled {
+        let response = request.await.unwrap().expect("stalled request completes");
         assert_eq!(response.status(), 200);
         assert_eq!(response_json(response).await["status"], "accepted");
     }
