@@ -26,6 +26,9 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error(transparent)]
     Callback(#[from] CallbackError),
+    /// `server.max_in_flight` callback requests are already being handled.
+    #[error("too many callbacks are being handled at once; retry later")]
+    Overloaded { retry_after_secs: u64 },
     #[error("callback could not be forwarded now: {cause}")]
     Unavailable {
         cause: DeliveryError,
@@ -47,7 +50,7 @@ impl ApiError {
     /// `rejected` when the request itself is wrong.
     pub fn status(&self) -> &'static str {
         match self {
-            Self::Unavailable { .. } => "unavailable",
+            Self::Unavailable { .. } | Self::Overloaded { .. } => "unavailable",
             _ => "rejected",
         }
     }
@@ -59,8 +62,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyRead => "body_read_failed",
             Self::BodyTimeout(_) => "body_read_timeout",
-            Self::Callback(CallbackError::Malformed(_)) => "invalid_json",
+            Self::Callback(CallbackError::Malformed { .. }) => "invalid_json",
             Self::Callback(CallbackError::Invalid { .. }) => "invalid_payload",
+            Self::Overloaded { .. } => "overloaded",
             Self::Unavailable { cause, .. } => match cause {
                 DeliveryError::Dedup(_) => "dedup_unavailable",
                 DeliveryError::StillPending => "delivery_in_progress",
@@ -74,6 +78,9 @@ impl ApiError {
         let (field, message) = match self {
             Self::Callback(CallbackError::Invalid { field, reason }) => {
                 (Some(field.as_str()), reason.clone())
+            }
+            Self::Callback(CallbackError::Malformed { field, message }) => {
+                (field.as_deref(), message.clone())
             }
             Self::UnsupportedMediaType { header, message } => (Some(*header), message.clone()),
             Self::Unavailable { cause, .. } => {
@@ -106,9 +113,9 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Callback(CallbackError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Self::Callback(CallbackError::Malformed { .. }) => StatusCode::BAD_REQUEST,
             Self::Callback(CallbackError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,7 +123,8 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let Self::Unavailable {
             retry_after_secs, ..
-        } = self
+        }
+        | Self::Overloaded { retry_after_secs } = self
         {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
         }

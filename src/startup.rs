@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::KeepAlive;
 use actix_web::middleware::{Condition, Logger};
 use actix_web::{App, HttpServer, web};
 use log::{info, warn};
+use tokio::sync::Semaphore;
 
 use crate::config::{BrokerKind, Settings};
 use crate::dedup::DedupStore;
@@ -88,12 +90,21 @@ impl Application {
             body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
             source: settings.event.source.clone(),
             retry_after_secs: settings.server.retry_after_secs,
+            in_flight_permits: Arc::new(Semaphore::new(settings.server.max_in_flight)),
         });
 
+        let workers = settings.server.worker_count();
+        let connections_per_worker = settings.server.connections_per_worker(workers);
+        // NOTE: actix-web 4.17 times only a connection's first request head, so keep-alive
+        // (off by default) lets a client trickle the next head without any limit.
+        let keep_alive = match settings.server.keep_alive_ms {
+            0 => KeepAlive::Disabled,
+            milliseconds => KeepAlive::Timeout(Duration::from_millis(milliseconds)),
+        };
         let port = listener.local_addr()?.port();
         let server_settings = settings.server.clone();
         let webhook_path = server_settings.webhook_path.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             let access_log = Logger::new(ACCESS_LOG_FORMAT)
                 .custom_request_replace("method", |request| request.method().to_string());
             App::new()
@@ -105,11 +116,16 @@ impl Application {
         .client_request_timeout(Duration::from_millis(
             settings.server.client_request_timeout_ms,
         ))
+        .keep_alive(keep_alive)
+        .max_connections(connections_per_worker)
+        .workers(workers)
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
         .listen(listener)?;
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        info!(
+            workers = workers, connections_per_worker = connections_per_worker,
+            max_in_flight = settings.server.max_in_flight;
+            "HTTP server prepared."
+        );
 
         let broker_close_timeout = match settings.broker.kind {
             BrokerKind::Rabbitmq => RABBITMQ_CLOSE_TIMEOUT,

@@ -34,6 +34,14 @@ const MAX_CHANNELS: usize = 1024;
 /// Upper bound for `server.workers`, the limit of actix-web 4.
 const MAX_WORKERS: usize = 512;
 
+/// Upper bound for `server.max_connections`. Each connection takes a file descriptor and a
+/// few KiB of buffers.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Upper bound for `server.max_in_flight`. Each request in flight may hold a body of up to
+/// `server.max_body_bytes`.
+const MAX_IN_FLIGHT: usize = 100_000;
+
 /// Upper bound for every timeout and wait, in milliseconds (one hour). Longer values are
 /// mistakes, and would hold a provider's request far past its own timeout.
 const MAX_TIMEOUT_MS: u64 = 60 * 60 * 1000;
@@ -77,6 +85,21 @@ pub struct ServerSettings {
     /// Time allowed to read the request body, from the end of the head (408 when exceeded).
     #[serde(deserialize_with = "strict::whole_number")]
     pub body_read_timeout_ms: u64,
+    /// Time an idle keep-alive connection stays open after a response; 0 (the default) closes
+    /// every connection after its first response. actix-web 4 applies
+    /// `client_request_timeout_ms` only to the first request head of a connection, so with
+    /// keep-alive a client can send the next head as slowly as it likes.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub keep_alive_ms: u64,
+    /// Most client connections open at once, over all workers. actix-web counts connections
+    /// per worker, so each worker gets this divided by the worker count, rounded down. A
+    /// worker at its share stops accepting, and new connections wait in the listen backlog.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub max_connections: usize,
+    /// Most callback requests handled at once, from the start of the body to the broker's
+    /// confirmation. Requests beyond it get 503 `overloaded` at once.
+    #[serde(deserialize_with = "strict::whole_number")]
+    pub max_in_flight: usize,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
     #[serde(deserialize_with = "strict::whole_number")]
     pub shutdown_timeout_secs: u64,
@@ -97,6 +120,9 @@ impl Default for ServerSettings {
             workers: 0,
             client_request_timeout_ms: 5_000,
             body_read_timeout_ms: 10_000,
+            keep_alive_ms: 0,
+            max_connections: 10_000,
+            max_in_flight: 1024,
             shutdown_timeout_secs: 30,
             retry_after_secs: 5,
             access_log: true,
@@ -587,7 +613,55 @@ impl ServerSettings {
                 format!("must be between 0 (one per CPU core) and {MAX_WORKERS}"),
             ));
         }
+
+        if self.keep_alive_ms > MAX_TIMEOUT_MS {
+            return Err(ConfigError::new(
+                "server.keep_alive_ms",
+                format!("must be between 0 (no keep-alive) and {MAX_TIMEOUT_MS} milliseconds"),
+            ));
+        }
+        self.validate_caps()
+    }
+
+    fn validate_caps(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        if self.max_connections < self.workers {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                format!(
+                    "must be at least server.workers ({}), because each worker accepts at least one connection",
+                    self.workers
+                ),
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
+            return Err(ConfigError::new(
+                "server.max_in_flight",
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Returns the number of HTTP workers: `workers`, or for 0 the number that actix-web
+    /// starts, one per available CPU core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism()
+            .map_or(2, std::num::NonZeroUsize::get)
+            .min(MAX_WORKERS)
+    }
+
+    /// Returns each worker's share of `max_connections` for `workers` workers, at least one.
+    pub fn connections_per_worker(&self, workers: usize) -> usize {
+        (self.max_connections / workers.max(1)).max(1)
     }
 }
 
@@ -860,6 +934,84 @@ mod tests {
             let error = load_env(&[(name.as_str(), value)]).unwrap_err();
             assert_eq!(error.key, key, "{name}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn connection_and_request_caps_are_checked() {
+        let defaults = load_env(&[]).unwrap();
+        assert_eq!(defaults.server.max_connections, 10_000);
+        assert_eq!(defaults.server.max_in_flight, 1024);
+        assert_eq!(defaults.server.keep_alive_ms, 0);
+
+        let cases = [
+            (
+                "SERVER__MAX_CONNECTIONS",
+                "0",
+                "must be between 1 and 1000000",
+            ),
+            (
+                "SERVER__MAX_CONNECTIONS",
+                "1000001",
+                "must be between 1 and 1000000",
+            ),
+            ("SERVER__MAX_IN_FLIGHT", "0", "must be between 1 and 100000"),
+            (
+                "SERVER__MAX_IN_FLIGHT",
+                "100001",
+                "must be between 1 and 100000",
+            ),
+            ("SERVER__MAX_IN_FLIGHT", "-1", "invalid value"),
+            ("SERVER__KEEP_ALIVE_MS", "3600001", "0 (no keep-alive)"),
+            ("SERVER__KEEP_ALIVE_MS", "1.5", "expected a whole number"),
+        ];
+        for (name, value, message) in cases {
+            let name = format!("WEBHOOK_BRIDGE__{name}");
+            let error = load_env(&[(name.as_str(), value)]).unwrap_err();
+            let key = name
+                .trim_start_matches("WEBHOOK_BRIDGE__")
+                .replace("__", ".");
+            assert_eq!(error.key, key.to_lowercase(), "{name}={value}: {error}");
+            assert!(error.message.contains(message), "{name}={value}: {error}");
+        }
+
+        let error = load_env(&[
+            ("WEBHOOK_BRIDGE__SERVER__WORKERS", "8"),
+            ("WEBHOOK_BRIDGE__SERVER__MAX_CONNECTIONS", "7"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.key, "server.max_connections");
+        assert!(error.message.contains("server.workers (8)"), "{error}");
+
+        let settings = load_env(&[
+            ("WEBHOOK_BRIDGE__SERVER__KEEP_ALIVE_MS", "2000"),
+            ("WEBHOOK_BRIDGE__SERVER__MAX_CONNECTIONS", "1"),
+            ("WEBHOOK_BRIDGE__SERVER__MAX_IN_FLIGHT", "1"),
+        ])
+        .unwrap();
+        assert_eq!(settings.server.keep_alive_ms, 2_000);
+        assert_eq!(settings.server.max_in_flight, 1);
+    }
+
+    #[test]
+    fn connections_are_shared_among_workers() {
+        let server = ServerSettings {
+            max_connections: 10_000,
+            ..ServerSettings::default()
+        };
+        assert_eq!(server.connections_per_worker(1), 10_000);
+        assert_eq!(server.connections_per_worker(3), 3_333);
+        assert_eq!(server.connections_per_worker(0), 10_000);
+        let few = ServerSettings {
+            max_connections: 2,
+            ..ServerSettings::default()
+        };
+        assert_eq!(few.connections_per_worker(4), 1);
+        let fixed = ServerSettings {
+            workers: 6,
+            ..ServerSettings::default()
+        };
+        assert_eq!(fixed.worker_count(), 6);
+        assert!(ServerSettings::default().worker_count() >= 1);
     }
 
     #[test]

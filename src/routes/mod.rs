@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     pub source: String,
     pub retry_after_secs: u64,
+    /// One permit per callback request in flight, `server.max_in_flight` in all.
+    pub in_flight_permits: Arc<Semaphore>,
 }
 
 /// Registers every route; `webhook_path` is the callback endpoint.

@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use log::{debug, error};
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::AppState;
 use crate::callback::{Callback, CallbackError};
@@ -24,7 +25,17 @@ pub async fn receive_callback(
     // The guard lowers the in-flight gauge also when actix-web drops this future, as it does
     // when the client resets the connection.
     let in_flight = state.metrics.start_request();
-    let forwarded = forward_callback(&request, payload, &state).await;
+    // Beyond the cap the answer is immediate, so that a flood of requests cannot build a
+    // queue of bodies in memory.
+    let Ok(permit) = state.in_flight_permits.clone().try_acquire_owned() else {
+        let error = ApiError::Overloaded {
+            retry_after_secs: state.retry_after_secs,
+        };
+        in_flight.finish(error.status(), error.code());
+        debug!("Answering 503: server.max_in_flight callback requests are in flight.");
+        return Err(error);
+    };
+    let forwarded = forward_callback(&request, payload, &state, permit).await;
     let (outcome, event) = match forwarded {
         Ok(forwarded) => forwarded,
         Err(error) => {
@@ -50,11 +61,13 @@ pub async fn receive_callback(
     })))
 }
 
-/// Checks, validates and delivers one callback, returning the delivered event.
+/// Checks, validates and delivers one callback, returning the delivered event. `permit` is
+/// released when the delivery ends, even if the client hung up before.
 async fn forward_callback(
     request: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    permit: OwnedSemaphorePermit,
 ) -> Result<(Outcome, Event), ApiError> {
     let received_at = SystemTime::now();
     require_json(request)?;
@@ -72,6 +85,7 @@ async fn forward_callback(
     let delivery = state.delivery.clone();
     let task = actix_web::rt::spawn(async move {
         let outcome = delivery.deliver(&event).await;
+        drop(permit);
         (event, outcome)
     });
     let (event, outcome) = match task.await {

@@ -156,9 +156,9 @@ fn cases() -> Vec<Case> {
         case(
             "lone surrogate",
             r#"{"task_id":"t1","status":"failed","error_message":"\udc00"}"#,
-            422,
-            "invalid_payload",
-            Some("body"),
+            400,
+            "invalid_json",
+            Some("error_message"),
         ),
         case(
             "byte order mark",

@@ -8,16 +8,17 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
+mod document;
+
+use document::check_structure;
+pub use document::{MAX_NESTING_DEPTH, parse_document};
+
 /// Longest accepted `task_id`, in characters.
 pub const MAX_TASK_ID_CHARS: usize = 256;
 
 /// Longest accepted output URL, in bytes. Signed CDN URLs run to a few hundred bytes, and
 /// 4 KiB leaves room for long query strings while keeping events small.
 pub const MAX_URL_BYTES: usize = 4096;
-
-/// Deepest nesting of arrays and objects accepted. The event adds one level around the
-/// callback, and serde_json stops at 128 levels by default, so consumers can read every event.
-pub const MAX_NESTING_DEPTH: usize = 64;
 
 /// Output fields that hold a single URL.
 const SINGLE_OUTPUTS: [&str; 3] = ["video_url", "image_url", "audio_url"];
@@ -28,15 +29,26 @@ const LIST_OUTPUTS: [&str; 3] = ["video_urls", "image_urls", "audio_urls"];
 /// Reason a request body was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {
-    /// The body is not a JSON document (HTTP 400).
-    #[error("request body is not valid JSON: {0}")]
-    Malformed(String),
+    /// The body is not one interoperable JSON document (HTTP 400). `field` names the value
+    /// at fault when the syntax is valid, as for a duplicate key.
+    #[error("{message}")]
+    Malformed {
+        field: Option<String>,
+        message: String,
+    },
     /// The body is JSON but breaks a rule (HTTP 422).
     #[error("field `{field}` {reason}")]
     Invalid { field: String, reason: String },
 }
 
 impl CallbackError {
+    fn malformed(message: impl Into<String>) -> Self {
+        Self::Malformed {
+            field: None,
+            message: message.into(),
+        }
+    }
+
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.into(),
@@ -219,85 +231,6 @@ impl Callback {
     }
 }
 
-/// Returns the whole body as one JSON value, borrowed from `body`.
-pub fn parse_document(body: &[u8]) -> Result<&RawValue, CallbackError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(CallbackError::Malformed("request body is empty".to_owned()));
-    }
-    serde_json::from_slice(body).map_err(|error| CallbackError::Malformed(error.to_string()))
-}
-
-/// Rejects what consumers could not decode although the syntax is valid: nesting deeper than
-/// [`MAX_NESTING_DEPTH`], and `\u` escapes of lone UTF-16 surrogates (serde_json and most
-/// strict decoders reject them). `json` must already be valid JSON.
-fn check_structure(json: &str) -> Result<(), CallbackError> {
-    let bytes = json.as_bytes();
-    let mut depth = 0;
-    let mut in_string = false;
-    let mut index = 0;
-    while index < bytes.len() {
-        let byte = bytes[index];
-        index += 1;
-        if !in_string {
-            match byte {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_NESTING_DEPTH {
-                        return Err(CallbackError::invalid(
-                            "body",
-                            format!(
-                                "must not nest arrays and objects deeper than {MAX_NESTING_DEPTH} levels"
-                            ),
-                        ));
-                    }
-                }
-                b']' | b'}' => depth -= 1,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = false,
-            b'\\' if bytes[index] == b'u' => {
-                let unit = hex_unit(&bytes[index + 1..index + 5]);
-                index += 5;
-                let lone = match unit {
-                    0xD800..=0xDBFF => {
-                        let next = bytes.get(index..index + 6);
-                        let paired = next.is_some_and(|escape| {
-                            escape.starts_with(b"\\u")
-                                && (0xDC00..=0xDFFF).contains(&hex_unit(&escape[2..]))
-                        });
-                        if paired {
-                            index += 6;
-                        }
-                        !paired
-                    }
-                    0xDC00..=0xDFFF => true,
-                    _ => false,
-                };
-                if lone {
-                    return Err(CallbackError::invalid(
-                        "body",
-                        "must not contain lone UTF-16 surrogate escapes (\\uD800 to \\uDFFF)",
-                    ));
-                }
-            }
-            b'\\' => index += 1,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Decodes four hex digits of a `\u` escape that the JSON parser already checked.
-fn hex_unit(digits: &[u8]) -> u32 {
-    digits.iter().fold(0, |unit, digit| {
-        unit * 16 + char::from(*digit).to_digit(16).unwrap_or(0)
-    })
-}
-
 /// Drops serde_json's "at line 1 column 42" suffix where the message names a field.
 fn strip_position(error: &serde_json::Error) -> String {
     let message = error.to_string();
@@ -398,7 +331,7 @@ mod tests {
 
     fn malformed(body: &[u8]) -> String {
         match Callback::parse(body) {
-            Err(CallbackError::Malformed(message)) => message,
+            Err(CallbackError::Malformed { message, .. }) => message,
             other => panic!("expected a syntax error, got {other:?}"),
         }
     }
@@ -427,10 +360,11 @@ mod tests {
     #[test]
     fn syntax_errors_are_malformed() {
         assert_eq!(malformed(b""), "request body is empty");
-        assert_eq!(malformed(b"  \n"), "request body is empty");
+        assert_eq!(malformed(b"  \n"), "request body contains only whitespace");
         assert!(malformed(b"{\"task_id\": ").contains("EOF"));
         assert!(malformed(b"{} {}").contains("trailing characters"));
-        assert!(malformed(b"\xff\xfe").contains("expected value"));
+        assert!(malformed(b"\xff\xfe").contains("not valid UTF-8"));
+        assert!(malformed(b"\xEF\xBB\xBF{}").contains("byte order mark"));
     }
 
     #[test]
@@ -580,56 +514,6 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_rejected() {
-        let nested = |levels: usize| {
-            format!(
-                r#"{{"task_id":"t","status":"failed","error_message":"x","z":{}1{}}}"#,
-                "[".repeat(levels),
-                "]".repeat(levels)
-            )
-        };
-        assert!(Callback::parse(nested(MAX_NESTING_DEPTH - 1).as_bytes()).is_ok());
-        let (field, reason) = invalid(&nested(MAX_NESTING_DEPTH));
-        assert_eq!(field, "body");
-        assert!(reason.contains("deeper than"), "{reason}");
-        assert_eq!(invalid(&nested(100_000)).0, "body");
-    }
-
-    #[test]
-    fn brackets_inside_strings_do_not_nest() {
-        let body = format!(
-            r#"{{"task_id":"t","status":"failed","error_message":"{}\"{}"}}"#,
-            "[".repeat(200),
-            "{".repeat(200)
-        );
-        assert!(Callback::parse(body.as_bytes()).is_ok());
-    }
-
-    #[test]
-    fn lone_surrogates_are_rejected() {
-        for escape in [
-            r"\udc00",
-            r"\ud800",
-            r"\ud800x",
-            r"\ud800\u0041",
-            r"\uDBFF\uDBFF",
-        ] {
-            let body = format!(
-                r#"{{"task_id":"t","status":"failed","error_message":"x","z":"{escape}"}}"#
-            );
-            let (field, reason) = invalid(&body);
-            assert_eq!(field, "body", "{escape}");
-            assert!(reason.contains("surrogate"), "{escape}: {reason}");
-        }
-    }
-
-    #[test]
-    fn paired_surrogates_and_escapes_pass() {
-        let body = r#"{"task_id":"t","status":"failed","error_message":"\ud83d\ude00 \\u0041 \\\"","z":"\u00e9\\"}"#;
-        assert!(Callback::parse(body.as_bytes()).is_ok());
-    }
-
-    #[test]
     fn invisible_task_id_characters_are_rejected() {
         for id in [
             "a\u{200B}b",
@@ -654,12 +538,26 @@ mod tests {
             assert_eq!(field, "data.video_url", "{url}");
         }
     }
-
     #[test]
-    fn duplicate_known_field_is_rejected() {
-        let (field, reason) =
-            invalid(r#"{"task_id":"a","task_id":"b","status":"failed","error_message":"x"}"#);
-        assert_eq!(field, "body");
-        assert!(reason.contains("duplicate field `task_id`"), "{reason}");
+    fn document_rules_apply_before_fields() {
+        let duplicate = r#"{"task_id":"a","task_id":"b","status":"failed","error_message":"x"}"#;
+        match Callback::parse(duplicate.as_bytes()) {
+            Err(CallbackError::Malformed { field, message }) => {
+                assert_eq!(field.as_deref(), Some("task_id"));
+                assert!(message.contains("duplicate key `task_id`"), "{message}");
+            }
+            other => panic!("expected a duplicate key error, got {other:?}"),
+        }
+        let surrogate = r#"{"task_id":"t","status":"failed","error_message":"\udc00"}"#;
+        assert!(matches!(
+            Callback::parse(surrogate.as_bytes()),
+            Err(CallbackError::Malformed { .. })
+        ));
+        let nested = format!(
+            r#"{{"task_id":"t","status":"failed","error_message":"x","z":{}{}}}"#,
+            "[".repeat(MAX_NESTING_DEPTH),
+            "]".repeat(MAX_NESTING_DEPTH)
+        );
+        assert_eq!(invalid(&nested).0, "body");
     }
 }
