@@ -5,7 +5,8 @@
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
 //! [`publisher`] (RabbitMQ or Kafka). [`config`] and [`startup`] build it; [`error`] maps
 //! failures to HTTP responses, and [`metrics`] counts them for Prometheus. [`logging`] lays
-//! out the log lines, and [`healthcheck`] is the client side of the `healthcheck` subcommand.
+//! out the log lines, [`log_throttle`] limits repeated ones, and [`healthcheck`] is the client
+//! side of the `healthcheck` subcommand.
 
 pub mod callback;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod healthcheck;
+pub mod log_throttle;
 pub mod logging;
 pub mod metrics;
 pub mod publisher;
