@@ -1,6 +1,6 @@
 //! Rate limit for log lines that can repeat many times a second, such as a client error during
-//! an outage or a flood of rejected requests: at most one line per interval and key, carrying
-//! the number of lines left out since the last one.
+//! an outage or a flood of rejected requests. It lets through at most one line per interval
+//! and key, which carries the number of lines left out since the previous one.
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -1,6 +1,6 @@
 //! Authentication of callback requests: client networks, shared tokens and Standard Webhooks
-//! signatures. A request that fails gets one 401 answer whatever failed; the log says which
-//! check failed, at most once per [`REJECTION_LOG_INTERVAL`].
+//! signatures. A request that fails gets the same 401 response whatever failed. The log
+//! names the failed check, at most once per [`REJECTION_LOG_INTERVAL`].
 
 mod network;
 mod signature;
@@ -29,7 +29,7 @@ pub const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Name of the path parameter and of the query parameter that carry a token.
 pub const TOKEN_PARAMETER: &str = "token";
 
-/// What the checks on the request head decided.
+/// Result of the checks on the request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// The request may go on: it carries a valid token, or no credentials are required.
@@ -196,8 +196,8 @@ impl Authenticator {
         }
     }
 
-    /// Logs a rejection, rate-limited, and returns the error to answer with. The line names
-    /// the failed check and never any credential.
+    /// Logs a rejection, rate-limited, and returns the error for the response. The line
+    /// names the failed check and never contains a credential.
     fn reject(
         &self,
         request: &HttpRequest,

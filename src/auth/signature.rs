@@ -34,7 +34,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Why a signature check failed. It goes to the log only, never into a response.
+/// Reason for a failed signature check, for the log only and never for a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("header {0} is missing or not visible ASCII")]
