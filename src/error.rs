@@ -12,6 +12,10 @@ use crate::delivery::DeliveryError;
 /// A request that was not forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// Credentials are missing or invalid, or the client network is not allowed. The answer
+    /// is the same whatever failed, so that it tells a prober nothing.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
     /// The body's media type or content coding is not plain JSON; `header` names the header.
     #[error("{message}")]
     UnsupportedMediaType {
@@ -58,6 +62,7 @@ impl ApiError {
     /// Returns the response's `error` code.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Unauthorized => "unauthorized",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyRead => "body_read_failed",
@@ -109,6 +114,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead => StatusCode::BAD_REQUEST,
@@ -121,12 +127,21 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::Unavailable {
-            retry_after_secs, ..
-        }
-        | Self::Overloaded { retry_after_secs } = self
-        {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+        match self {
+            Self::Unavailable {
+                retry_after_secs, ..
+            }
+            | Self::Overloaded { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+            }
+            // RFC 9110 asks every 401 to carry a challenge; it is the same for every failure.
+            Self::Unauthorized => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="webhook-bridge""#),
+                ));
+            }
+            _ => {}
         }
         response.json(self.body())
     }

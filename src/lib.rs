@@ -1,12 +1,14 @@
 //! webhook-bridge receives task callbacks from AI media-generation APIs and publishes them
 //! as CloudEvents to a message broker, responding 2xx only once the broker confirmed them.
 //!
-//! A request flows through [`routes`] (media type, size), [`callback`] (validation),
+//! A request flows through [`routes`] ([`auth`], media type, size), [`callback`] (validation),
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
 //! [`publisher`] (RabbitMQ or Kafka). [`config`] and [`startup`] build it; [`error`] maps
 //! failures to HTTP responses, and [`metrics`] counts them for Prometheus. [`logging`] lays
-//! out the log lines, and [`healthcheck`] is the client side of the `healthcheck` subcommand.
+//! out the log lines, [`log_throttle`] limits repeated ones, and [`healthcheck`] is the client
+//! side of the `healthcheck` subcommand.
 
+pub mod auth;
 pub mod callback;
 pub mod config;
 pub mod dedup;
@@ -14,6 +16,7 @@ pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod healthcheck;
+pub mod log_throttle;
 pub mod logging;
 pub mod metrics;
 pub mod publisher;

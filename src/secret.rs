@@ -1,5 +1,6 @@
-//! Connection URLs that may carry a password. They print, serialise and log with the
-//! password replaced, so the configuration can be logged as a whole.
+//! Connection URLs that may carry a password, and secret strings such as tokens. They print,
+//! serialise and log with the secret part replaced, so the configuration can be logged as a
+//! whole.
 
 use std::fmt;
 
@@ -119,6 +120,46 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
+/// A secret string, such as an authentication token or a signing secret, that prints and
+/// serialises as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+
+    /// Returns the secret itself, for comparing or decoding it only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{REDACTED:?}")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +227,15 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(redact_urls_in(text), expected);
         }
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let secret = Secret::new("hunter2-token");
+        assert_eq!(format!("{secret:?}"), "\"***\"");
+        assert_eq!(secret.to_string(), "***");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"***\"");
+        assert_eq!(secret.expose(), "hunter2-token");
     }
 
     #[test]

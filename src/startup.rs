@@ -12,17 +12,39 @@ use actix_web::{App, HttpServer, web};
 use log::{info, warn};
 use tokio::sync::Semaphore;
 
-use crate::config::{BrokerKind, Settings};
+use crate::auth::Authenticator;
+use crate::config::{BrokerKind, ConfigError, Settings};
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::publisher::{KafkaPublisher, Publisher, RabbitMqPublisher};
 use crate::routes::{self, AppState};
 
-/// Access log line: peer, method, path without query string, status, size, duration.
-/// The query string and every request header (`Authorization`, cookies) are left out
-/// because they may carry credentials.
-const ACCESS_LOG_FORMAT: &str = r#"%a "%{method}xi %U" %s %b %Dms"#;
+/// Access log line: client address, method, path without query string, status, size,
+/// duration. The query string and every request header (`Authorization`, cookies) are left
+/// out because they may carry credentials, and so is a token in the path (see
+/// [`redacted_path`]).
+const ACCESS_LOG_FORMAT: &str = r#"%{client}xi "%{method}xi %{path}xi" %s %b %Dms"#;
+
+/// Replaces the part of a request path that may hold a token. The webhook path followed by
+/// a segment is the endpoint with a token in the path. Another unknown path may be a
+/// mistyped one with a token, so only its first segment is logged.
+pub fn redacted_path(path: &str, webhook_path: &str) -> String {
+    let known = [webhook_path, "/healthz", "/readyz", "/metrics"];
+    if known.contains(&path) {
+        return path.to_owned();
+    }
+    if path
+        .strip_prefix(webhook_path)
+        .is_some_and(|rest| rest.starts_with('/'))
+    {
+        return format!("{webhook_path}/***");
+    }
+    match path[1.min(path.len())..].find('/') {
+        Some(end) => format!("{}/***", &path[..end + 1]),
+        None => path.to_owned(),
+    }
+}
 
 /// Time allowed for closing the RabbitMQ connection after the HTTP server stopped. Kafka
 /// takes `kafka.flush_timeout_ms` instead.
@@ -31,6 +53,8 @@ const RABBITMQ_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Startup failed before the server could serve.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     #[error("invalid Redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("{0}")]
@@ -52,6 +76,8 @@ impl Application {
     /// Connects to Redis and the broker (without failing when they are down) and prepares
     /// the HTTP server on `listener`.
     pub async fn build(settings: Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        auth.log_summary();
         let dedup = DedupStore::new(&settings.redis)?;
         match dedup.ping().await {
             Ok(()) => info!(url:% = settings.redis.url; "Connected to Redis."),
@@ -82,6 +108,7 @@ impl Application {
             metrics.clone(),
         ));
         let state = web::Data::new(AppState {
+            auth: auth.clone(),
             delivery,
             dedup,
             publisher: publisher.clone(),
@@ -104,13 +131,24 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server_settings = settings.server.clone();
         let webhook_path = server_settings.webhook_path.clone();
+        let path_tokens = auth.accepts_tokens();
         let server = HttpServer::new(move || {
+            let client_auth = auth.clone();
+            let log_path = webhook_path.clone();
             let access_log = Logger::new(ACCESS_LOG_FORMAT)
-                .custom_request_replace("method", |request| request.method().to_string());
+                .custom_request_replace("method", |request| request.method().to_string())
+                .custom_request_replace("path", move |request| {
+                    redacted_path(request.path(), &log_path)
+                })
+                .custom_request_replace("client", move |request| {
+                    client_auth
+                        .client_address(request.request())
+                        .map_or_else(|| "-".to_owned(), |client| client.to_string())
+                });
             App::new()
                 .app_data(state.clone())
                 .wrap(Condition::new(server_settings.access_log, access_log))
-                .configure(|config| routes::configure(config, &webhook_path))
+                .configure(|config| routes::configure(config, &webhook_path, path_tokens))
         })
         .tcp_nodelay(true)
         .client_request_timeout(Duration::from_millis(
@@ -156,5 +194,32 @@ impl Application {
         info!("HTTP server stopped; closing the broker connection.");
         self.publisher.shutdown(self.broker_close_timeout).await;
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_tokens_are_redacted() {
+        let cases = [
+            ("/webhook", "/webhook"),
+            ("/webhook/0123456789abcdef0123456789abcdef", "/webhook/***"),
+            ("/webhook/a/b", "/webhook/***"),
+            ("/webhookx", "/webhookx"),
+            ("/healthz", "/healthz"),
+            ("/webhok/0123456789abcdef", "/webhok/***"),
+            ("/", "/"),
+            ("", ""),
+        ];
+        for (path, logged) in cases {
+            assert_eq!(redacted_path(path, "/webhook"), logged, "{path}");
+        }
+        assert_eq!(
+            redacted_path("/hooks/media/secret-token", "/hooks/media"),
+            "/hooks/media/***"
+        );
+        assert_eq!(redacted_path("/hooks/other", "/hooks/media"), "/hooks/***");
     }
 }

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::{SecretUrl, redact_urls_in};
 
+mod auth;
 mod kafka;
 mod strict;
 
+pub use auth::{AuthSettings, MAX_TIMESTAMP_TOLERANCE_SECS};
 pub use kafka::{KafkaOptions, KafkaSettings, delivery_timeout, redact_secrets};
 
 /// Prefix of the environment variables that override configuration keys.
@@ -57,6 +59,7 @@ const MAX_DEDUP_TTL_SECS: u64 = 365 * 24 * 60 * 60;
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub auth: AuthSettings,
     pub broker: BrokerSettings,
     pub redis: RedisSettings,
     pub rabbitmq: RabbitMqSettings,
@@ -369,7 +372,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
         Self {
             key: key.to_owned(),
             message: message.into(),
@@ -427,6 +430,7 @@ impl Settings {
     /// Checks the values that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.auth.validate()?;
         require_duration_ms("broker.publish_timeout_ms", self.broker.publish_timeout_ms)?;
 
         // A stop that cuts a request short mid-publish leaves its claim behind until it expires.
@@ -1228,6 +1232,144 @@ mod tests {
         assert!(!line.contains("t0ps3cr3t"), "{line}");
         assert!(line.contains("mq:5672"), "{line}");
         assert!(!format!("{settings:?}").contains("s3cr3t"));
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER_TOKEN: &str = "fedcba9876543210fedcba9876543210";
+    const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn auth_lists_split_on_commas() {
+        let tokens = format!("{TOKEN}, {OTHER_TOKEN}");
+        let settings = load_env(&[
+            ("WEBHOOK_BRIDGE__AUTH__TOKENS", &tokens),
+            ("WEBHOOK_BRIDGE__AUTH__SIGNING_SECRETS", SIGNING_SECRET),
+            (
+                "WEBHOOK_BRIDGE__AUTH__ALLOWED_NETWORKS",
+                "203.0.113.0/24,2001:db8::/32",
+            ),
+            ("WEBHOOK_BRIDGE__AUTH__TRUSTED_PROXIES", "10.0.0.1"),
+            ("WEBHOOK_BRIDGE__AUTH__TIMESTAMP_TOLERANCE_SECS", "60"),
+        ])
+        .unwrap();
+        let auth = &settings.auth;
+        let tokens: Vec<&str> = auth.tokens.iter().map(|token| token.expose()).collect();
+        assert_eq!(tokens, [TOKEN, OTHER_TOKEN]);
+        assert_eq!(auth.signing_secrets.len(), 1);
+        assert_eq!(auth.allowed_networks, ["203.0.113.0/24", "2001:db8::/32"]);
+        assert_eq!(auth.trusted_proxies, ["10.0.0.1"]);
+        assert_eq!(auth.timestamp_tolerance_secs, 60);
+    }
+
+    #[test]
+    fn digit_only_token_stays_a_list() {
+        let digits = "12345678901234567890123456789012";
+        let settings = load_env(&[("WEBHOOK_BRIDGE__AUTH__TOKENS", digits)]).unwrap();
+        assert_eq!(settings.auth.tokens.len(), 1);
+        assert_eq!(settings.auth.tokens[0].expose(), digits);
+    }
+
+    #[test]
+    fn auth_lists_come_from_the_file() {
+        let path = write_temp_file(&format!(
+            "[auth]\ntokens = [\"{TOKEN}\"]\nallowed_networks = [\"10.0.0.0/8\"]\n"
+        ));
+        let settings = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap();
+        assert_eq!(settings.auth.tokens[0].expose(), TOKEN);
+        assert_eq!(settings.auth.allowed_networks, ["10.0.0.0/8"]);
+
+        let environment = HashMap::from([(
+            "WEBHOOK_BRIDGE__AUTH__TOKENS".to_owned(),
+            format!("{OTHER_TOKEN},{TOKEN}"),
+        )]);
+        let settings = Settings::load_from(Some(&path), Some(environment)).unwrap();
+        assert_eq!(
+            settings.auth.tokens.len(),
+            2,
+            "the environment replaces the list"
+        );
+        assert_eq!(settings.auth.tokens[0].expose(), OTHER_TOKEN);
+    }
+
+    #[test]
+    fn invalid_auth_settings_are_named() {
+        let cases = [
+            ("TOKENS", "", "auth.tokens", "entry 1: is empty"),
+            (
+                "TOKENS",
+                "too-short-token",
+                "auth.tokens",
+                "15 characters long",
+            ),
+            (
+                "TOKENS",
+                &format!("{TOKEN},,{OTHER_TOKEN}"),
+                "auth.tokens",
+                "entry 2: is empty",
+            ),
+            (
+                "SIGNING_SECRETS",
+                "whsec_%%%",
+                "auth.signing_secrets",
+                "not valid base64",
+            ),
+            (
+                "SIGNING_SECRETS",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "auth.signing_secrets",
+                "must start with `whsec_`",
+            ),
+            (
+                "ALLOWED_NETWORKS",
+                "10.0.0.0/8,10.0.0.0/99",
+                "auth.allowed_networks",
+                "entry 2: `10.0.0.0/99` is not a CIDR block",
+            ),
+            (
+                "TRUSTED_PROXIES",
+                "proxy.internal",
+                "auth.trusted_proxies",
+                "`proxy.internal` is neither",
+            ),
+            (
+                "TIMESTAMP_TOLERANCE_SECS",
+                "0",
+                "auth.timestamp_tolerance_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "TIMESTAMP_TOLERANCE_SECS",
+                "3601",
+                "auth.timestamp_tolerance_secs",
+                "between 1 and 3600",
+            ),
+        ];
+        for (name, value, key, message) in cases {
+            let name = format!("WEBHOOK_BRIDGE__AUTH__{name}");
+            let error = load_env(&[(name.as_str(), value)]).unwrap_err();
+            assert_eq!(error.key, key, "{name}={value}: {error}");
+            assert!(error.message.contains(message), "{name}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn auth_secrets_are_redacted() {
+        let settings = load_env(&[
+            ("WEBHOOK_BRIDGE__AUTH__TOKENS", TOKEN),
+            ("WEBHOOK_BRIDGE__AUTH__SIGNING_SECRETS", SIGNING_SECRET),
+        ])
+        .unwrap();
+        let line = settings.to_redacted_json();
+        assert!(!line.contains(TOKEN), "{line}");
+        assert!(!line.contains("MfKQ9r8GKYqr"), "{line}");
+        assert!(line.contains(r#""tokens":["***"]"#), "{line}");
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains(TOKEN));
+        assert!(!debug.contains("MfKQ9r8GKYqr"));
+
+        let error =
+            load_env(&[("WEBHOOK_BRIDGE__AUTH__TOKENS", "short-secret-value")]).unwrap_err();
+        assert!(!error.to_string().contains("short-secret-value"), "{error}");
     }
 
     fn write_temp_file(contents: &str) -> std::path::PathBuf {

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::Deserializer;
-use serde::de::{Error, Unexpected, Visitor};
+use serde::de::{Error, IntoDeserializer, SeqAccess, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// Accepts a non-negative integer, or a string of one (environment variables are strings).
 pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -20,6 +20,20 @@ where
 /// Accepts `true` or `false`, as a boolean or a string.
 pub fn boolean<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     deserializer.deserialize_any(Boolean)
+}
+
+/// Accepts a list, or a string of items separated by commas, as an environment variable is.
+/// Spaces around each item are dropped. An empty string is a list of one empty item, so that
+/// validation rejects a variable that is set but empty instead of reading it as no list.
+///
+/// The config crate can split environment variables itself, but only with `try_parsing`,
+/// which would also turn strings such as `42` or `true` into numbers and booleans.
+pub fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    deserializer.deserialize_any(List(PhantomData))
 }
 
 struct WholeNumber<T>(PhantomData<T>);
@@ -74,5 +88,30 @@ impl Visitor<'_> for Boolean {
             "false" => Ok(false),
             other => Err(E::invalid_value(Unexpected::Str(other), &self)),
         }
+    }
+}
+
+struct List<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for List<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a list, or a string of items separated by commas")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = sequence.next_element()? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    fn visit_str<E: Error>(self, value: &str) -> Result<Vec<T>, E> {
+        value
+            .split(',')
+            .map(|item| T::deserialize(item.trim().into_deserializer()))
+            .collect()
     }
 }

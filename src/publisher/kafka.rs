@@ -3,7 +3,6 @@
 //! the two topics for readiness, creates missing topics when configured to, and rebuilds
 //! the producer after a fatal error.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use tokio::time::{sleep, timeout};
 use super::{PublishError, Publisher};
 use crate::config::{KafkaSettings, redact_secrets};
 use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
+use crate::log_throttle::LogThrottle;
 
 /// Maximum startup delay spent on the first check of brokers and topics. HTTP is not
 /// served until it ends.
@@ -61,10 +61,10 @@ type KafkaProducer = FutureProducer<BridgeContext>;
 /// Brokers reported down make the bridge not ready until the next check reaches them.
 struct BridgeContext {
     signals: Arc<ClientSignals>,
-    /// Per error code: when it was last logged, and how many reports were left out since.
-    /// rust-rdkafka 0.38 also passes each error event to the callback twice (once from
-    /// `Client::poll_event`, once from `BaseProducer::poll`).
-    error_log: Mutex<HashMap<String, (Option<Instant>, u64)>>,
+    /// At most one line per error code and interval. rust-rdkafka 0.38 also passes each
+    /// error event to the callback twice (once from `Client::poll_event`, once from
+    /// `BaseProducer::poll`).
+    error_log: LogThrottle<String>,
     /// Values of secret `kafka.options`, which librdkafka may quote in its messages.
     secrets: Vec<String>,
 }
@@ -96,19 +96,9 @@ impl ClientContext for BridgeContext {
         let code = error
             .rdkafka_error_code()
             .map_or_else(|| "other".to_owned(), |code| format!("{code:?}"));
-        let mut error_log = self
-            .error_log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = error_log.entry(code).or_insert((None, 0));
-        if entry
-            .0
-            .is_some_and(|logged| logged.elapsed() < ERROR_LOG_INTERVAL)
-        {
-            entry.1 += 1;
+        let Some(left_out) = self.error_log.admit(code) else {
             return;
-        }
-        let left_out = std::mem::replace(entry, (Some(Instant::now()), 0)).1;
+        };
         let cause = redact_secrets(&format!("{error}: {reason}"), &self.secrets);
         warn!(cause:% = cause, repeats_not_logged = left_out; "Kafka client error.");
     }
@@ -485,7 +475,7 @@ fn build_producer(
     let signals = Arc::new(ClientSignals::default());
     let context = BridgeContext {
         signals: signals.clone(),
-        error_log: Mutex::new(HashMap::new()),
+        error_log: LogThrottle::new(ERROR_LOG_INTERVAL),
         secrets: settings.options.secret_values(),
     };
     let config = settings.producer_config(publish_timeout);

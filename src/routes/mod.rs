@@ -13,6 +13,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::auth::{Authenticator, TOKEN_PARAMETER};
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -20,6 +21,7 @@ use crate::publisher::Publisher;
 
 /// State shared by every request handler.
 pub struct AppState {
+    pub auth: Arc<Authenticator>,
     pub delivery: Arc<Delivery>,
     pub dedup: DedupStore,
     pub publisher: Arc<dyn Publisher>,
@@ -32,8 +34,16 @@ pub struct AppState {
     pub in_flight_permits: Arc<Semaphore>,
 }
 
-/// Registers every route; `webhook_path` is the callback endpoint.
-pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str) {
+/// Registers every route; `webhook_path` is the callback endpoint. With `path_tokens`, the
+/// endpoint also answers on `<webhook_path>/<token>`.
+pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str, path_tokens: bool) {
+    if path_tokens {
+        config.service(
+            web::resource(format!("{webhook_path}/{{{TOKEN_PARAMETER}}}"))
+                .route(web::post().to(webhook::receive_callback))
+                .default_service(web::to(|| method_not_allowed("POST"))),
+        );
+    }
     config
         .service(
             web::resource(webhook_path)

@@ -1,4 +1,5 @@
-//! The callback endpoint: media type and size checks, validation, then delivery.
+//! The callback endpoint: authentication, media type and size checks, validation, then
+//! delivery.
 
 use std::time::SystemTime;
 
@@ -11,6 +12,7 @@ use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::AppState;
+use crate::auth::Admission;
 use crate::callback::{Callback, CallbackError};
 use crate::delivery::{DeliveryError, Outcome};
 use crate::error::ApiError;
@@ -70,13 +72,22 @@ async fn forward_callback(
     permit: OwnedSemaphorePermit,
 ) -> Result<(Outcome, Event), ApiError> {
     let received_at = SystemTime::now();
-    require_json(request)?;
+    // Networks and tokens are checked before the body is read. A signature covers the raw
+    // body, so it is checked once the body is in, before the media type and the JSON.
+    let admission = state.auth.check_head(request)?;
+    if admission == Admission::Granted {
+        require_json(request)?;
+    }
     let body = tokio::time::timeout(
         state.body_read_timeout,
         read_body(request, payload, state.max_body_bytes),
     )
     .await
     .map_err(|_| ApiError::BodyTimeout(state.body_read_timeout))??;
+    if admission == Admission::NeedsSignature {
+        state.auth.check_signature(request, &body, received_at)?;
+        require_json(request)?;
+    }
     let callback = Callback::parse(&body).inspect_err(log_rejection)?;
     let event = Event::new(&callback, &body, &state.source, received_at);
 

@@ -168,13 +168,17 @@ async fn unreachable_broker_logs_cause_without_password() {
 async fn sigint_stops_cleanly() {
     let settings = test_settings();
     let port = free_port();
-    let bridge = BridgeProcess::spawn(bridge_environment(&settings, port));
+    // With a token configured, the bridge has no reason to warn at startup either.
+    let token = "clean-stop-0123456789abcdef0123456789";
+    let mut environment = bridge_environment(&settings, port);
+    environment.push(("WEBHOOK_BRIDGE__AUTH__TOKENS".to_owned(), token.to_owned()));
+    let bridge = BridgeProcess::spawn(environment);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_until_ready(&http, &base).await;
 
     let response = http
-        .post(format!("{base}/webhook"))
+        .post(format!("{base}/webhook/{token}"))
         .header("content-type", "application/json")
         .body(completed_body(&unique_task_id()))
         .send()

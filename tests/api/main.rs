@@ -7,6 +7,7 @@ mod helpers;
 mod kafka_support;
 mod proxy;
 
+mod auth;
 mod callbacks;
 mod cli;
 mod dedup;
