@@ -29,6 +29,7 @@ ENV_NAME = re.compile(r"\bWEBHOOK_BRIDGE__[A-Z0-9_]+")
 SETTING_CHOICES = {
     ("broker", "kind"): {"rabbitmq", "kafka"},
     ("redis", "on_unavailable"): {"reject", "publish"},
+    ("log", "format"): {"text", "json"},
 }
 
 # Time the bridge takes to close the broker connection after the HTTP server stopped. It is 5 s

@@ -20,15 +20,38 @@ const RESERVED_KEYS: [&str; 4] = ["time", "level", "target", "message"];
 /// same as env_logger's default layout.
 const TEXT_INDENT: &str = "\n    ";
 
-/// Sets `builder` to write each record in `format`.
+/// Targets whose trace records can hold credentials: lapin traces every AMQP frame it sends,
+/// and the connection's StartOk frame carries the user and password as bytes.
+const CREDENTIAL_TRACING_TARGETS: [&str; 2] = ["lapin", "amq_protocol"];
+
+/// Returns whether `record` is dropped whatever `RUST_LOG` says, because it may carry a
+/// secret that no redaction can recognise.
+pub fn is_withheld(record: &Record<'_>) -> bool {
+    record.level() == log::Level::Trace
+        && CREDENTIAL_TRACING_TARGETS.iter().any(|crate_name| {
+            record
+                .target()
+                .strip_prefix(crate_name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+/// Sets `builder` to write each record in `format`, except the records that
+/// [`is_withheld`] drops.
 pub fn set_format(builder: &mut env_logger::Builder, format: LogFormat) {
     match format {
         LogFormat::Text => builder.format(|buf, record| {
+            if is_withheld(record) {
+                return Ok(());
+            }
             let time = buf.timestamp_seconds();
             let level_style = buf.default_level_style(record.level());
             write_text(buf, time, level_style, record)
         }),
         LogFormat::Json => builder.format(|buf, record| {
+            if is_withheld(record) {
+                return Ok(());
+            }
             let time = buf.timestamp_millis();
             write_json(buf, time, record)
         }),
@@ -372,6 +395,25 @@ mod tests {
     fn text_indents_continuation_lines() {
         let line = text_line(format_args!("first\nsecond"), &[]);
         assert!(line.ends_with("] first\n    second\n"), "{line:?}");
+    }
+
+    #[test]
+    fn amqp_frame_traces_are_withheld() {
+        let withheld = |level, target| {
+            is_withheld(
+                &Record::builder()
+                    .level(level)
+                    .target(target)
+                    .args(format_args!("frame"))
+                    .build(),
+            )
+        };
+        assert!(withheld(Level::Trace, "lapin::io_loop"));
+        assert!(withheld(Level::Trace, "lapin"));
+        assert!(withheld(Level::Trace, "amq_protocol::frame"));
+        assert!(!withheld(Level::Debug, "lapin::io_loop"));
+        assert!(!withheld(Level::Trace, "lapinx"));
+        assert!(!withheld(Level::Trace, "webhook_bridge::publisher"));
     }
 
     #[test]

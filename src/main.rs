@@ -9,8 +9,10 @@ use webhook_bridge::startup::StartupError;
 use webhook_bridge::{Application, Settings, healthcheck, logging};
 
 /// Log filter when `RUST_LOG` is unset. lapin reports its I/O loop through `tracing`,
-/// whose span lines carry nothing an operator needs.
-const DEFAULT_LOG_FILTER: &str = "info,tracing::span=warn";
+/// whose span lines carry nothing an operator needs. actix-http logs every malformed request
+/// head at error level, so any client could flood the log; such requests get their 400 all
+/// the same.
+const DEFAULT_LOG_FILTER: &str = "info,tracing::span=warn,actix_http::h1::dispatcher=off";
 
 /// Receives task callbacks and publishes them as CloudEvents to RabbitMQ or Kafka.
 #[derive(Parser)]

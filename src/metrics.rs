@@ -20,8 +20,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Histogram bucket bounds in seconds. Responses take from about 1 ms (a duplicate) to a few
 /// seconds (a publish that waits for its timeout, 5 s by default), and a request that also
 /// waits for another replica's claim can take longer.
-const DURATION_BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+const DURATION_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
 ];
 
 /// Values of the `reason` label of `webhook_bridge_publish_failures_total`.

@@ -13,7 +13,7 @@ use log::{info, warn};
 use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
-use crate::config::{BrokerKind, ConfigError, Settings};
+use crate::config::{BrokerKind, ConfigError, OnRedisUnavailable, Settings};
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -118,6 +118,7 @@ impl Application {
             source: settings.event.source.clone(),
             retry_after_secs: settings.server.retry_after_secs,
             in_flight_permits: Arc::new(Semaphore::new(settings.server.max_in_flight)),
+            redis_required: settings.redis.on_unavailable != OnRedisUnavailable::Publish,
         });
 
         let workers = settings.server.worker_count();

@@ -30,6 +30,9 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     pub source: String,
     pub retry_after_secs: u64,
+    /// Whether callbacks need Redis: false with `redis.on_unavailable = "publish"`, which
+    /// publishes without deduplication while Redis is down.
+    pub redis_required: bool,
     /// One permit per callback request in flight, `server.max_in_flight` in all.
     pub in_flight_permits: Arc<Semaphore>,
 }

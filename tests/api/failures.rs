@@ -247,6 +247,13 @@ async fn redis_down_can_publish_without_dedup() {
     assert_eq!(response.status(), 200);
     assert_eq!(response_json(response).await["status"], "accepted");
     assert_eq!(app.drain(app.failed_queue()).await.len(), 1);
+
+    // Callbacks still go through, so the replica stays in the load balancer's rotation.
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready = response_json(ready).await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["redis"], "down");
     app.teardown().await;
 }
 

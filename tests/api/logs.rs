@@ -187,3 +187,44 @@ async fn access_log_hides_query_and_headers() {
         remove_test_data(&settings).await;
     }
 }
+
+/// With `RUST_LOG=trace`, lapin traces every AMQP frame, including the StartOk frame whose
+/// bytes hold the user and password (`\0guest\0guest`). Those records are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_level_keeps_the_broker_password_out() {
+    let settings = test_settings();
+    let port = free_port();
+    // The output goes to a file: at trace level it outgrows a pipe that is read only at exit.
+    let log_path = std::env::temp_dir().join(format!("webhook-bridge-trace-{port}.log"));
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-bridge"))
+        .envs(bridge_environment(&settings, port))
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("bridge binary starts");
+    let http = reqwest::Client::new();
+    wait_until_ready(&http, &format!("http://127.0.0.1:{port}")).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("wait task")
+        .expect("exit status");
+    let log = std::fs::read_to_string(&log_path).expect("log text");
+    std::fs::remove_file(&log_path).ok();
+    remove_test_data(&settings).await;
+
+    assert!(status.success(), "exit status {status:?}");
+    assert!(log.contains("TRACE"), "the bridge logged at trace level");
+    // "guest" as the decimal bytes that lapin's frame traces print.
+    let password_bytes = "103, 117, 101, 115, 116";
+    assert!(
+        !log.contains(password_bytes),
+        "the AMQP credentials appear in the trace output"
+    );
+}
