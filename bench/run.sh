@@ -219,7 +219,8 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     fail "port $port on 127.0.0.1 is already in use. Set BENCH_PORT to a free port."
 fi
 
-# 2. Start the bridge on this run's topology and key prefix.
+# 2. Start the bridge on this run's topology and key prefix. The load is valid callbacks only,
+# and dead letters are off so that the bridge declares no queue outside this run's names.
 broker_environment=()
 if [[ $broker == kafka ]]; then
     "$kafka_ceiling_bin" --brokers "$KAFKA_BROKERS" --topic-completed "$bridge_queue_completed" \
@@ -242,6 +243,7 @@ env "${broker_environment[@]}" RUST_LOG=warn \
     WEBHOOK_BRIDGE__RABBITMQ__EXCHANGE="$bridge_exchange" \
     WEBHOOK_BRIDGE__RABBITMQ__QUEUE_COMPLETED="$bridge_queue_completed" \
     WEBHOOK_BRIDGE__RABBITMQ__QUEUE_FAILED="$bridge_queue_failed" \
+    WEBHOOK_BRIDGE__DEAD_LETTER__ENABLED=false \
     "$bridge_bin" >"$log_dir/bridge.log" 2>&1 &
 bridge_pid=$!
 

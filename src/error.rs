@@ -79,8 +79,10 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> ErrorBody<'_> {
-        let (field, message) = match self {
+    /// Returns the response's `field` (the value or header at fault, when known) and
+    /// `message`.
+    pub fn detail(&self) -> (Option<&str>, String) {
+        match self {
             Self::Callback(CallbackError::Invalid { field, reason }) => {
                 (Some(field.as_str()), reason.clone())
             }
@@ -101,7 +103,11 @@ impl ApiError {
                 (None, message.to_owned())
             }
             other => (None, other.to_string()),
-        };
+        }
+    }
+
+    fn body(&self) -> ErrorBody<'_> {
+        let (field, message) = self.detail();
         ErrorBody {
             status: self.status(),
             error: self.code(),

@@ -4,13 +4,14 @@
 //! A request flows through [`routes`] ([`auth`], media type, size), [`callback`] (validation),
 //! [`event`] (the CloudEvents document), [`delivery`] with [`dedup`] (Redis claim) and a
 //! [`publisher`] (RabbitMQ or Kafka). [`config`] and [`startup`] build it; [`error`] maps
-//! failures to HTTP responses, and [`metrics`] counts them for Prometheus. [`logging`] lays
-//! out the log lines, [`log_throttle`] limits repeated ones, and [`healthcheck`] is the client
-//! side of the `healthcheck` subcommand.
+//! failures to HTTP responses, and [`metrics`] counts them for Prometheus. [`dead_letter`]
+//! keeps rejected bodies. [`logging`] lays out the log lines, [`log_throttle`] limits repeated
+//! ones, and [`healthcheck`] is the client side of the `healthcheck` subcommand.
 
 pub mod auth;
 pub mod callback;
 pub mod config;
+pub mod dead_letter;
 pub mod dedup;
 pub mod delivery;
 pub mod error;

@@ -65,6 +65,7 @@ pub struct Metrics {
     events_published: IntCounterVec,
     publish_duration: Histogram,
     publish_failures: IntCounterVec,
+    dead_letters: IntCounterVec,
     dedup_errors: IntCounterVec,
     broker_up: IntGauge,
     redis_up: IntGauge,
@@ -113,6 +114,12 @@ impl Metrics {
             "Publishes that failed, by broker and reason.",
             &["broker", "reason"],
         );
+        let dead_letters = counter_vec(
+            &registry,
+            "webhook_bridge_dead_letters_total",
+            "Dead letters of rejected callbacks, by broker and result: published or failed.",
+            &["broker", "result"],
+        );
         let dedup_errors = counter_vec(
             &registry,
             "webhook_bridge_dedup_errors_total",
@@ -159,6 +166,7 @@ impl Metrics {
             events_published,
             publish_duration: publish_duration.with_label_values(&[broker.as_str()]),
             publish_failures,
+            dead_letters,
             dedup_errors,
             broker_up: broker_up.with_label_values(&[broker.as_str()]),
             redis_up,
@@ -182,6 +190,9 @@ impl Metrics {
         }
         for reason in PUBLISH_FAILURE_REASONS {
             self.publish_failures.with_label_values(&[broker, reason]);
+        }
+        for result in ["published", "failed"] {
+            self.dead_letters.with_label_values(&[broker, result]);
         }
         for operation in DedupOperation::ALL {
             self.dedup_errors.with_label_values(&[operation.as_str()]);
@@ -212,6 +223,14 @@ impl Metrics {
         self.publish_duration.observe(elapsed.as_secs_f64());
         self.publish_failures
             .with_label_values(&[self.broker.as_str(), publish_failure_reason(error)])
+            .inc();
+    }
+
+    /// Counts a dead letter that the broker confirmed (`published`) or that was lost.
+    pub fn record_dead_letter(&self, published: bool) {
+        let result = if published { "published" } else { "failed" };
+        self.dead_letters
+            .with_label_values(&[self.broker.as_str(), result])
             .inc();
     }
 
@@ -288,7 +307,7 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 }
 
 /// Returns the `reason` label of a publish failure.
-fn publish_failure_reason(error: &PublishError) -> &'static str {
+pub(crate) fn publish_failure_reason(error: &PublishError) -> &'static str {
     match error {
         PublishError::NotConnected => "not_connected",
         PublishError::Timeout(_) => "timeout",
@@ -320,6 +339,8 @@ mod tests {
             r#"webhook_bridge_events_published_total{broker="kafka",event_type="task.failed"}"#,
             r#"webhook_bridge_publish_failures_total{broker="kafka",reason="broker_error"}"#,
             r#"webhook_bridge_dedup_errors_total{operation="mark_done"}"#,
+            r#"webhook_bridge_dead_letters_total{broker="kafka",result="published"}"#,
+            r#"webhook_bridge_dead_letters_total{broker="kafka",result="failed"}"#,
             r#"webhook_bridge_request_duration_seconds_count{outcome="unavailable"}"#,
             r#"webhook_bridge_publish_duration_seconds_count{broker="kafka"}"#,
             "webhook_bridge_requests_in_flight",

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::config::{BrokerKind, ConfigError, OnRedisUnavailable, Settings};
+use crate::dead_letter::DeadLetters;
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -90,6 +91,7 @@ impl Application {
             BrokerKind::Rabbitmq => Arc::new(
                 RabbitMqPublisher::start(
                     settings.rabbitmq.clone(),
+                    settings.dead_letter.enabled,
                     settings.broker.publish_timeout(),
                 )
                 .await,
@@ -107,9 +109,18 @@ impl Application {
             settings.redis.on_unavailable,
             metrics.clone(),
         ));
+        let dead_letters = settings.dead_letter.enabled.then(|| {
+            Arc::new(DeadLetters::new(
+                publisher.clone(),
+                metrics.clone(),
+                settings.event.source.clone(),
+                settings.server.max_in_flight,
+            ))
+        });
         let state = web::Data::new(AppState {
             auth: auth.clone(),
             delivery,
+            dead_letters,
             dedup,
             publisher: publisher.clone(),
             metrics,

@@ -81,6 +81,9 @@ pub struct KafkaSettings {
     pub topic_completed: String,
     /// Topic of `task.failed` events.
     pub topic_failed: String,
+    /// Topic of dead letters: rejected callbacks kept for inspection. The health check and
+    /// `create_topics` leave it out.
+    pub topic_invalid: String,
     /// `client.id` of the producer, as shown in broker logs and quotas.
     pub client_id: String,
     /// Time allowed for one metadata request: the startup check and each health check.
@@ -112,6 +115,7 @@ impl Default for KafkaSettings {
             brokers: "127.0.0.1:9092".to_owned(),
             topic_completed: "task.completed".to_owned(),
             topic_failed: "task.failed".to_owned(),
+            topic_invalid: "task.invalid".to_owned(),
             client_id: "webhook-bridge".to_owned(),
             metadata_timeout_ms: 5_000,
             health_check_interval_ms: 5_000,
@@ -147,6 +151,7 @@ impl KafkaSettings {
         for (key, topic) in [
             ("kafka.topic_completed", &self.topic_completed),
             ("kafka.topic_failed", &self.topic_failed),
+            ("kafka.topic_invalid", &self.topic_invalid),
         ] {
             check_topic_name(topic).map_err(|message| ConfigError::new(key, message))?;
         }
@@ -154,6 +159,12 @@ impl KafkaSettings {
             return Err(ConfigError::new(
                 "kafka.topic_failed",
                 "must differ from kafka.topic_completed",
+            ));
+        }
+        if self.topic_invalid == self.topic_completed || self.topic_invalid == self.topic_failed {
+            return Err(ConfigError::new(
+                "kafka.topic_invalid",
+                "must differ from kafka.topic_completed and kafka.topic_failed",
             ));
         }
 

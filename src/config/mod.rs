@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::EventType;
 use crate::secret::{SecretUrl, redact_urls_in};
 
 mod auth;
@@ -65,6 +66,7 @@ pub struct Settings {
     pub rabbitmq: RabbitMqSettings,
     pub kafka: KafkaSettings,
     pub event: EventSettings,
+    pub dead_letter: DeadLetterSettings,
     pub log: LogSettings,
 }
 
@@ -269,13 +271,18 @@ pub struct RabbitMqSettings {
     /// Whether to declare the exchange at connection time.
     #[serde(deserialize_with = "strict::boolean")]
     pub declare_exchange: bool,
-    /// Whether to declare the two durable queues and bind them to the exchange.
+    /// Whether to declare the durable queues (`queue_invalid` only with dead letters on) and
+    /// bind them to the exchange.
     #[serde(deserialize_with = "strict::boolean")]
     pub declare_queues: bool,
     /// Queue bound to routing key `task.completed`.
     pub queue_completed: String,
     /// Queue bound to routing key `task.failed`.
     pub queue_failed: String,
+    /// Routing key of dead letters: rejected callbacks kept for inspection.
+    pub dead_letter_routing_key: String,
+    /// Queue bound to `dead_letter_routing_key`.
+    pub queue_invalid: String,
     /// `app_id` property of every published message.
     pub app_id: String,
     /// Time allowed to connect, open the channel and declare the topology.
@@ -305,6 +312,8 @@ impl Default for RabbitMqSettings {
             declare_queues: true,
             queue_completed: "task.completed".to_owned(),
             queue_failed: "task.failed".to_owned(),
+            dead_letter_routing_key: "task.invalid".to_owned(),
+            queue_invalid: "task.invalid".to_owned(),
             app_id: "webhook-bridge".to_owned(),
             connect_timeout_ms: 5_000,
             channel_pool_size: 64,
@@ -328,6 +337,22 @@ impl Default for EventSettings {
         Self {
             source: "webhook-bridge".to_owned(),
         }
+    }
+}
+
+/// Dead letters: callbacks rejected with 400 or 422 after authentication, published with the
+/// reason to `rabbitmq.dead_letter_routing_key` or `kafka.topic_invalid`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// Whether rejected callbacks are published as dead letters.
+    #[serde(deserialize_with = "strict::boolean")]
+    pub enabled: bool,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -739,6 +764,11 @@ impl RabbitMqSettings {
             ("rabbitmq.exchange", &self.exchange),
             ("rabbitmq.queue_completed", &self.queue_completed),
             ("rabbitmq.queue_failed", &self.queue_failed),
+            (
+                "rabbitmq.dead_letter_routing_key",
+                &self.dead_letter_routing_key,
+            ),
+            ("rabbitmq.queue_invalid", &self.queue_invalid),
             ("rabbitmq.app_id", &self.app_id),
         ] {
             // AMQP 0-9-1 short strings carry at most 255 bytes.
@@ -757,6 +787,7 @@ impl RabbitMqSettings {
         for (key, queue) in [
             ("rabbitmq.queue_completed", &self.queue_completed),
             ("rabbitmq.queue_failed", &self.queue_failed),
+            ("rabbitmq.queue_invalid", &self.queue_invalid),
         ] {
             if self.declare_queues && queue.starts_with("amq.") {
                 return Err(ConfigError::new(
@@ -770,6 +801,22 @@ impl RabbitMqSettings {
             return Err(ConfigError::new(
                 "rabbitmq.queue_failed",
                 "must differ from rabbitmq.queue_completed",
+            ));
+        }
+        if self.queue_invalid == self.queue_completed || self.queue_invalid == self.queue_failed {
+            return Err(ConfigError::new(
+                "rabbitmq.queue_invalid",
+                "must differ from rabbitmq.queue_completed and rabbitmq.queue_failed",
+            ));
+        }
+        // A dead letter routed like an event would reach the consumers of valid events.
+        if [EventType::TaskCompleted, EventType::TaskFailed]
+            .iter()
+            .any(|event_type| event_type.as_str() == self.dead_letter_routing_key)
+        {
+            return Err(ConfigError::new(
+                "rabbitmq.dead_letter_routing_key",
+                "must differ from the routing keys of events, task.completed and task.failed",
             ));
         }
 
@@ -1125,6 +1172,45 @@ mod tests {
             load_env(&[("WEBHOOK_BRIDGE__RABBITMQ__QUEUE_FAILED", "amq.failed")]).unwrap_err();
         assert_eq!(error.key, "rabbitmq.queue_failed");
         assert!(error.message.contains("amq.failed"), "{error}");
+    }
+
+    #[test]
+    fn dead_letter_destinations_must_differ_from_event_ones() {
+        let cases = [
+            (
+                "WEBHOOK_BRIDGE__RABBITMQ__QUEUE_INVALID",
+                "task.failed",
+                "rabbitmq.queue_invalid",
+            ),
+            (
+                "WEBHOOK_BRIDGE__RABBITMQ__DEAD_LETTER_ROUTING_KEY",
+                "task.completed",
+                "rabbitmq.dead_letter_routing_key",
+            ),
+            (
+                "WEBHOOK_BRIDGE__KAFKA__TOPIC_INVALID",
+                "task.completed",
+                "kafka.topic_invalid",
+            ),
+            (
+                "WEBHOOK_BRIDGE__KAFKA__TOPIC_INVALID",
+                "bad topic",
+                "kafka.topic_invalid",
+            ),
+            (
+                "WEBHOOK_BRIDGE__RABBITMQ__QUEUE_INVALID",
+                "amq.invalid",
+                "rabbitmq.queue_invalid",
+            ),
+        ];
+        for (variable, value, key) in cases {
+            let error = load_env(&[(variable, value)]).unwrap_err();
+            assert_eq!(error.key, key, "{variable}={value}");
+        }
+
+        let settings = load_env(&[("WEBHOOK_BRIDGE__DEAD_LETTER__ENABLED", "false")]).unwrap();
+        assert!(!settings.dead_letter.enabled);
+        assert!(Settings::default().dead_letter.enabled);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::time::{sleep, timeout};
 
 use super::{PublishError, Publisher};
 use crate::config::{KafkaSettings, redact_secrets};
+use crate::dead_letter::{DEAD_LETTER_TYPE, DeadLetter};
 use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event};
 use crate::log_throttle::LogThrottle;
 
@@ -346,6 +347,38 @@ impl Publisher for KafkaPublisher {
         result
     }
 
+    async fn publish_dead_letter(&self, dead_letter: &DeadLetter) -> Result<(), PublishError> {
+        let shared = &self.shared;
+        let time = dead_letter.rfc3339_time();
+        let mut attributes = vec![
+            ("ce_specversion", "1.0"),
+            ("ce_id", dead_letter.id.as_str()),
+            ("ce_type", DEAD_LETTER_TYPE),
+            ("ce_source", dead_letter.source.as_str()),
+            ("ce_time", time.as_str()),
+            ("content-type", CLOUDEVENTS_CONTENT_TYPE),
+        ];
+        if let Some(task_id) = &dead_letter.task_id {
+            attributes.push(("ce_subject", task_id.as_str()));
+        }
+        let mut record = FutureRecord::to(&shared.settings.topic_invalid)
+            .payload(&dead_letter.payload)
+            .headers(headers_of(&attributes))
+            .timestamp(dead_letter.unix_time_millis());
+        if let Some(task_id) = &dead_letter.task_id {
+            record = record.key(task_id.as_str());
+        }
+        // Unlike an event's, this outcome leaves the stall and producer-failure tracking
+        // alone, because a missing dead-letter topic must not make the bridge unready.
+        let queue_wait = shared.publish_timeout / 10;
+        let producer = shared.producer();
+        match timeout(shared.publish_timeout, producer.send(record, queue_wait)).await {
+            Err(_) => Err(PublishError::Timeout(shared.publish_timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((cause, _message))) => Err(classify(&cause, shared.delivery_timeout)),
+        }
+    }
+
     fn is_connected(&self) -> bool {
         let shared = &self.shared;
         let stalled = shared.stalled_until_ms.load(Ordering::SeqCst) > shared.elapsed_ms();
@@ -399,14 +432,19 @@ pub fn message_headers(event: &Event) -> OwnedHeaders {
         ("ce_time", time.as_str()),
         ("content-type", CLOUDEVENTS_CONTENT_TYPE),
     ];
-    headers
-        .into_iter()
-        .fold(OwnedHeaders::new_with_capacity(7), |all, (key, value)| {
+    headers_of(&headers)
+}
+
+fn headers_of(pairs: &[(&str, &str)]) -> OwnedHeaders {
+    pairs.iter().fold(
+        OwnedHeaders::new_with_capacity(pairs.len()),
+        |all, (key, value)| {
             all.insert(Header {
                 key,
-                value: Some(value),
+                value: Some(*value),
             })
-        })
+        },
+    )
 }
 
 /// Maps a failed delivery to a publish error, telling retriable causes from those that

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 pub use kafka::{KafkaPublisher, message_headers};
 pub use rabbitmq::RabbitMqPublisher;
 
+use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 
 /// Failure to get an event confirmed by the broker.
@@ -49,6 +50,10 @@ impl PublishError {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `event` and waits for the broker's confirmation.
     async fn publish(&self, event: &Event) -> Result<(), PublishError>;
+
+    /// Publishes a dead letter to its own routing key or topic and waits for the broker's
+    /// confirmation. Unlike an event, its outcome does not change readiness.
+    async fn publish_dead_letter(&self, dead_letter: &DeadLetter) -> Result<(), PublishError>;
 
     /// Returns whether the broker connection is up and confirming publishes.
     fn is_connected(&self) -> bool;

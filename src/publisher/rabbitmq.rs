@@ -22,6 +22,7 @@ use tokio::time::{sleep, timeout};
 use super::channel_pool::ChannelPool;
 use super::{PublishError, Publisher};
 use crate::config::RabbitMqSettings;
+use crate::dead_letter::{DEAD_LETTER_TYPE, DeadLetter};
 use crate::event::{CLOUDEVENTS_CONTENT_TYPE, Event, EventType};
 
 /// AMQP delivery mode that makes the broker write the message to disk.
@@ -58,6 +59,8 @@ impl Link {
 
 struct Shared {
     settings: RabbitMqSettings,
+    /// Whether `queue_invalid` is declared along with the event queues.
+    declare_dead_letter_queue: bool,
     link: RwLock<Option<Link>>,
     /// Wakes the supervisor when a publish saw the channel fail.
     link_failed: Notify,
@@ -110,11 +113,17 @@ pub struct RabbitMqPublisher {
 impl RabbitMqPublisher {
     /// Starts the connection supervisor and waits briefly for the first connection, so that
     /// the first requests find it open. The bridge starts even when RabbitMQ is down, and
-    /// requests get 503 until the background reconnect succeeds.
-    pub async fn start(settings: RabbitMqSettings, publish_timeout: Duration) -> Self {
+    /// requests get 503 until the background reconnect succeeds. With `dead_letters`, the
+    /// dead-letter queue is declared too, when `declare_queues` is set.
+    pub async fn start(
+        settings: RabbitMqSettings,
+        dead_letters: bool,
+        publish_timeout: Duration,
+    ) -> Self {
         let (connected, mut connected_changes) = watch::channel(false);
         let shared = Arc::new(Shared {
             settings,
+            declare_dead_letter_queue: dead_letters,
             link: RwLock::new(None),
             link_failed: Notify::new(),
             stalled_until_ms: AtomicU64::new(0),
@@ -162,6 +171,83 @@ impl RabbitMqPublisher {
             .store(stalled_until, Ordering::SeqCst);
     }
 
+    /// Publishes `payload` with the mandatory flag and waits for the broker's confirmation.
+    /// With `tracks_stalls`, a timeout marks the broker stalled for readiness and a confirm
+    /// clears that mark.
+    async fn publish_confirmed(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+        tracks_stalls: bool,
+    ) -> Result<(), PublishError> {
+        let link = self
+            .shared
+            .current_link()
+            .ok_or(PublishError::NotConnected)?;
+        let exchange = self.shared.settings.exchange.as_str();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        // NOTE: the time spent waiting for a free channel counts against the publish timeout,
+        // so an exhausted pool also ends in `Timeout` and marks the broker not ready.
+        let confirmation = timeout(self.publish_timeout, async {
+            let mut lease = link.channels.acquire().await;
+            let confirmation = async {
+                lease
+                    .channel()
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        options,
+                        payload,
+                        properties,
+                    )
+                    .await?
+                    .await
+            }
+            .await;
+            if confirmation.is_ok() {
+                lease.finish();
+            }
+            confirmation
+        })
+        .await;
+
+        if tracks_stalls {
+            self.record_outcome(&link, confirmation.is_err());
+        }
+        match confirmation {
+            Err(_) => Err(PublishError::Timeout(self.publish_timeout)),
+            Ok(Err(cause)) => {
+                // The lease was dropped unfinished, and a channel closed by the broker has
+                // marked the pool broken; the supervisor rebuilds the link.
+                self.shared.link_failed.notify_one();
+                Err(PublishError::Broker(cause.to_string()))
+            }
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable {
+                reply_code: returned.reply_code,
+                reply_text: returned.reply_text.to_string(),
+            }),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Broker(
+                "publisher confirms are not enabled on the channel".to_owned(),
+            )),
+        }
+    }
+
+    fn dead_letter_properties(&self, dead_letter: &DeadLetter) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type(CLOUDEVENTS_CONTENT_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_type(DEAD_LETTER_TYPE.into())
+            .with_timestamp(dead_letter.unix_time())
+            .with_app_id(self.shared.settings.app_id.clone().into())
+            .with_message_id(dead_letter.id.as_str().into())
+    }
+
     fn properties(&self, event: &Event) -> BasicProperties {
         let properties = BasicProperties::default()
             .with_content_type(CLOUDEVENTS_CONTENT_TYPE.into())
@@ -181,59 +267,16 @@ impl RabbitMqPublisher {
 #[async_trait]
 impl Publisher for RabbitMqPublisher {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
-        let link = self
-            .shared
-            .current_link()
-            .ok_or(PublishError::NotConnected)?;
-        let exchange = self.shared.settings.exchange.as_str();
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        // NOTE: the time spent waiting for a free channel counts against the publish timeout,
-        // so an exhausted pool also ends in `Timeout` and marks the broker not ready.
-        let confirmation = timeout(self.publish_timeout, async {
-            let mut lease = link.channels.acquire().await;
-            let confirmation = async {
-                lease
-                    .channel()
-                    .basic_publish(
-                        exchange.into(),
-                        event.event_type.as_str().into(),
-                        options,
-                        &event.payload,
-                        self.properties(event),
-                    )
-                    .await?
-                    .await
-            }
-            .await;
-            if confirmation.is_ok() {
-                lease.finish();
-            }
-            confirmation
-        })
-        .await;
+        let routing_key = event.event_type.as_str();
+        self.publish_confirmed(routing_key, &event.payload, self.properties(event), true)
+            .await
+    }
 
-        self.record_outcome(&link, confirmation.is_err());
-        match confirmation {
-            Err(_) => Err(PublishError::Timeout(self.publish_timeout)),
-            Ok(Err(cause)) => {
-                // The lease was dropped unfinished, and a channel closed by the broker has
-                // marked the pool broken; the supervisor rebuilds the link.
-                self.shared.link_failed.notify_one();
-                Err(PublishError::Broker(cause.to_string()))
-            }
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable {
-                reply_code: returned.reply_code,
-                reply_text: returned.reply_text.to_string(),
-            }),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Broker(
-                "publisher confirms are not enabled on the channel".to_owned(),
-            )),
-        }
+    async fn publish_dead_letter(&self, dead_letter: &DeadLetter) -> Result<(), PublishError> {
+        let routing_key = self.shared.settings.dead_letter_routing_key.as_str();
+        let properties = self.dead_letter_properties(dead_letter);
+        self.publish_confirmed(routing_key, &dead_letter.payload, properties, false)
+            .await
     }
 
     fn is_connected(&self) -> bool {
@@ -274,7 +317,12 @@ async fn supervise(shared: Arc<Shared>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         attempt += 1;
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
-        match timeout(connect_timeout, open_link(settings)).await {
+        match timeout(
+            connect_timeout,
+            open_link(settings, shared.declare_dead_letter_queue),
+        )
+        .await
+        {
             Ok(Ok(link)) => {
                 info!(
                     url:% = settings.url, exchange = settings.exchange.as_str();
@@ -370,7 +418,10 @@ async fn wait_for_loss(shared: &Shared, link: &Link) {
 }
 
 /// Connects, declares the configured topology and opens the pool of confirm-mode channels.
-async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
+async fn open_link(
+    settings: &RabbitMqSettings,
+    declare_dead_letter_queue: bool,
+) -> Result<Link, lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
     // `Settings::validate` parsed this URL already.
@@ -401,11 +452,17 @@ async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
     }
 
     if settings.declare_queues {
-        let bindings = [
-            (&settings.queue_completed, EventType::TaskCompleted),
-            (&settings.queue_failed, EventType::TaskFailed),
+        let mut bindings = vec![
+            (&settings.queue_completed, EventType::TaskCompleted.as_str()),
+            (&settings.queue_failed, EventType::TaskFailed.as_str()),
         ];
-        for (queue, event_type) in bindings {
+        if declare_dead_letter_queue {
+            bindings.push((
+                &settings.queue_invalid,
+                settings.dead_letter_routing_key.as_str(),
+            ));
+        }
+        for (queue, routing_key) in bindings {
             channel
                 .queue_declare(
                     queue.as_str().into(),
@@ -420,7 +477,7 @@ async fn open_link(settings: &RabbitMqSettings) -> Result<Link, lapin::Error> {
                 .queue_bind(
                     queue.as_str().into(),
                     exchange.into(),
-                    event_type.as_str().into(),
+                    routing_key.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

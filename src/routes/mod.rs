@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::auth::{Authenticator, TOKEN_PARAMETER};
+use crate::dead_letter::DeadLetters;
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -23,6 +24,8 @@ use crate::publisher::Publisher;
 pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub delivery: Arc<Delivery>,
+    /// Publisher of rejected bodies; `None` when `dead_letter.enabled` is off.
+    pub dead_letters: Option<Arc<DeadLetters>>,
     pub dedup: DedupStore,
     pub publisher: Arc<dyn Publisher>,
     pub metrics: Arc<Metrics>,

@@ -1,5 +1,5 @@
-//! The callback endpoint: authentication, media type and size checks, validation, then
-//! delivery.
+//! The callback endpoint: authentication, media type and size checks, validation (a rejected
+//! body becomes a dead letter), then delivery.
 
 use std::time::SystemTime;
 
@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::AppState;
 use crate::auth::Admission;
-use crate::callback::{Callback, CallbackError};
+use crate::callback::Callback;
 use crate::delivery::{DeliveryError, Outcome};
 use crate::error::ApiError;
 use crate::event::Event;
@@ -88,7 +88,21 @@ async fn forward_callback(
         state.auth.check_signature(request, &body, received_at)?;
         require_json(request)?;
     }
-    let callback = Callback::parse(&body).inspect_err(log_rejection)?;
+    let callback = match Callback::parse(&body) {
+        Ok(callback) => callback,
+        Err(cause) => {
+            debug!(cause:% = cause; "Rejected callback.");
+            let error = ApiError::from(cause);
+            if let Some(dead_letters) = &state.dead_letters {
+                let content_type = request
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok());
+                dead_letters.send(&error, &body, content_type, received_at);
+            }
+            return Err(error);
+        }
+    };
     let event = Event::new(&callback, &body, &state.source, received_at);
 
     // The delivery runs as its own task so that a client that disconnects mid-publish
@@ -203,10 +217,6 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-fn log_rejection(cause: &CallbackError) {
-    debug!(cause:% = cause; "Rejected callback.");
 }
 
 fn media_type_error(message: impl Into<String>) -> ApiError {

@@ -65,6 +65,7 @@ pub fn test_settings() -> Settings {
     settings.rabbitmq.exchange = format!("test.{id}");
     settings.rabbitmq.queue_completed = format!("test.{id}.completed");
     settings.rabbitmq.queue_failed = format!("test.{id}.failed");
+    settings.rabbitmq.queue_invalid = format!("test.{id}.invalid");
     settings.rabbitmq.connect_timeout_ms = 2_000;
     settings.rabbitmq.reconnect_min_delay_ms = 50;
     settings.rabbitmq.reconnect_max_delay_ms = 500;
@@ -149,6 +150,10 @@ impl TestApp {
 
     pub fn failed_queue(&self) -> &str {
         &self.settings.rabbitmq.queue_failed
+    }
+
+    pub fn invalid_queue(&self) -> &str {
+        &self.settings.rabbitmq.queue_invalid
     }
 
     /// Takes every message waiting in `queue`. A 2xx from the bridge means the broker
@@ -322,6 +327,10 @@ pub fn bridge_environment(settings: &Settings, port: u16) -> Vec<(String, String
             "RABBITMQ__QUEUE_FAILED",
             settings.rabbitmq.queue_failed.clone(),
         ),
+        (
+            "RABBITMQ__QUEUE_INVALID",
+            settings.rabbitmq.queue_invalid.clone(),
+        ),
     ]
     .into_iter()
     .map(|(key, value)| (format!("WEBHOOK_BRIDGE__{key}"), value))
@@ -364,7 +373,11 @@ pub async fn remove_test_data(settings: &Settings) {
         .expect("test connection to RabbitMQ");
     let channel = connection.create_channel().await.unwrap();
     let rabbitmq = &settings.rabbitmq;
-    for queue in [&rabbitmq.queue_completed, &rabbitmq.queue_failed] {
+    for queue in [
+        &rabbitmq.queue_completed,
+        &rabbitmq.queue_failed,
+        &rabbitmq.queue_invalid,
+    ] {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;

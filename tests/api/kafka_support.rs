@@ -29,13 +29,15 @@ pub struct KafkaMessage {
     pub timestamp: Option<i64>,
 }
 
-/// Points `settings` at Kafka on `brokers`, with the topics `test.<id>.completed` and
-/// `test.<id>.failed` and short health-check intervals.
+/// Points `settings` at Kafka on `brokers`, with the topics `test.<id>.completed`,
+/// `test.<id>.failed` and `test.<id>.invalid` (dead letters; created only by the tests that
+/// read it) and short health-check intervals.
 pub fn use_kafka(settings: &mut Settings, brokers: &str, id: &str) {
     settings.broker.kind = BrokerKind::Kafka;
     settings.kafka.brokers = brokers.to_owned();
     settings.kafka.topic_completed = format!("test.{id}.completed");
     settings.kafka.topic_failed = format!("test.{id}.failed");
+    settings.kafka.topic_invalid = invalid_topic_of(id);
     settings.kafka.metadata_timeout_ms = 1_000;
     settings.kafka.health_check_interval_ms = 200;
     settings.kafka.flush_timeout_ms = 2_000;
@@ -49,6 +51,11 @@ pub fn topic_id() -> String {
 /// Both topics of `id`.
 pub fn topics_of(id: &str) -> [String; 2] {
     [format!("test.{id}.completed"), format!("test.{id}.failed")]
+}
+
+/// The dead-letter topic of `id`.
+pub fn invalid_topic_of(id: &str) -> String {
+    format!("test.{id}.invalid")
 }
 
 /// Both topics of `settings`.
@@ -74,6 +81,7 @@ pub fn kafka_bridge_environment(
         ("KAFKA__BROKERS", brokers.to_owned()),
         ("KAFKA__TOPIC_COMPLETED", completed_topic),
         ("KAFKA__TOPIC_FAILED", failed_topic),
+        ("KAFKA__TOPIC_INVALID", invalid_topic_of(id)),
     ] {
         environment.push((format!("WEBHOOK_BRIDGE__{key}"), value));
     }
@@ -153,11 +161,14 @@ pub async fn spawn_kafka_app(brokers: &str, customize: impl FnOnce(&mut Settings
     app
 }
 
-/// Stops the bridge, then deletes its topics and keys.
+/// Stops the bridge, then deletes its topics (the dead-letter one too, if a test created it)
+/// and keys.
 pub async fn teardown_kafka(app: TestApp) {
     let settings = app.settings.clone();
     app.teardown().await;
-    delete_topics(&settings.kafka.brokers, &topics(&settings)).await;
+    let mut topics = topics(&settings).to_vec();
+    topics.push(settings.kafka.topic_invalid.clone());
+    delete_topics(&settings.kafka.brokers, &topics).await;
 }
 
 fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {

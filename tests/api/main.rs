@@ -10,6 +10,7 @@ mod proxy;
 mod auth;
 mod callbacks;
 mod cli;
+mod dead_letters;
 mod dedup;
 mod duplicates;
 mod failures;
