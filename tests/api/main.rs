@@ -19,6 +19,7 @@ mod kafka_faults;
 mod limits;
 mod logs;
 mod metrics;
+mod openapi;
 mod rejections;
 mod replicas;
 mod shutdown;
