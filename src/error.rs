@@ -40,6 +40,12 @@ pub enum ApiError {
     },
 }
 
+/// `error` code of the response to a path that the bridge does not serve.
+pub const NOT_FOUND: &str = "not_found";
+
+/// `error` code of the response to a method that a path does not serve.
+pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     status: &'static str,
@@ -50,6 +56,24 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// Every code that [`ApiError::code`] returns. With [`NOT_FOUND`] and
+    /// [`METHOD_NOT_ALLOWED`], these are all the codes that a response can carry, and
+    /// `docs/openapi.yaml` lists each of them.
+    pub const CODES: [&'static str; 12] = [
+        "unauthorized",
+        "unsupported_media_type",
+        "payload_too_large",
+        "body_read_failed",
+        "body_read_timeout",
+        "invalid_json",
+        "invalid_payload",
+        "overloaded",
+        "dedup_unavailable",
+        "delivery_in_progress",
+        "broker_unavailable",
+        "delivery_interrupted",
+    ];
+
     /// Returns the response's `status`: `unavailable` when the provider should retry,
     /// `rejected` when the request itself is wrong.
     pub fn status(&self) -> &'static str {
@@ -150,5 +174,62 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dedup::DedupError;
+    use crate::publisher::PublishError;
+
+    #[test]
+    fn codes_lists_every_code() {
+        let errors = [
+            ApiError::Unauthorized,
+            ApiError::UnsupportedMediaType {
+                header: "Content-Type",
+                message: String::new(),
+            },
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::BodyRead,
+            ApiError::BodyTimeout(Duration::from_secs(1)),
+            ApiError::Callback(CallbackError::Malformed {
+                field: None,
+                message: String::new(),
+            }),
+            ApiError::Callback(CallbackError::Invalid {
+                field: String::new(),
+                reason: String::new(),
+            }),
+            ApiError::Overloaded {
+                retry_after_secs: 1,
+            },
+        ];
+        let causes = [
+            DeliveryError::Dedup(DedupError::Timeout(Duration::from_secs(1))),
+            DeliveryError::StillPending,
+            DeliveryError::Publish(PublishError::NotConnected),
+            DeliveryError::Interrupted,
+        ];
+        let unavailable = causes.into_iter().map(|cause| ApiError::Unavailable {
+            cause,
+            retry_after_secs: 1,
+        });
+        let produced: BTreeSet<&'static str> = errors
+            .into_iter()
+            .chain(unavailable)
+            .map(|error| error.code())
+            .collect();
+        let listed: BTreeSet<&str> = ApiError::CODES.into_iter().collect();
+        assert_eq!(produced, listed);
+        assert_eq!(
+            listed.len(),
+            ApiError::CODES.len(),
+            "no code is listed twice"
+        );
     }
 }

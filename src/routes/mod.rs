@@ -17,6 +17,7 @@ use crate::auth::{Authenticator, TOKEN_PARAMETER};
 use crate::dead_letter::DeadLetters;
 use crate::dedup::DedupStore;
 use crate::delivery::Delivery;
+use crate::error::{METHOD_NOT_ALLOWED, NOT_FOUND};
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 
@@ -82,7 +83,7 @@ async fn method_not_allowed(allowed: &'static str) -> HttpResponse {
         .insert_header((header::ALLOW, allowed))
         .json(json!({
             "status": "rejected",
-            "error": "method_not_allowed",
+            "error": METHOD_NOT_ALLOWED,
             "message": format!("this path accepts {allowed} only"),
         }))
 }
@@ -90,7 +91,7 @@ async fn method_not_allowed(allowed: &'static str) -> HttpResponse {
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(json!({
         "status": "rejected",
-        "error": "not_found",
+        "error": NOT_FOUND,
         "message": "no such path",
     }))
 }

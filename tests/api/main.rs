@@ -20,6 +20,7 @@ mod kafka_faults;
 mod limits;
 mod logs;
 mod metrics;
+mod openapi;
 mod rejections;
 mod replicas;
 mod shutdown;
