@@ -4,7 +4,7 @@
 //! each dead letter within `broker.publish_timeout_ms`, and a failure is counted and logged.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use actix_web::ResponseError;
 use base64::Engine;
@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+use crate::event::{rfc3339, unix_millis, unix_secs};
 use crate::log_throttle::LogThrottle;
 use crate::metrics::{Metrics, publish_failure_reason};
 use crate::publisher::Publisher;
@@ -93,7 +94,7 @@ impl DeadLetter {
     ) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
         let task_id = task_id_of(body);
-        let time_text = humantime::format_rfc3339_millis(time).to_string();
+        let time_text = rfc3339(time);
         let (field, message) = error.detail();
         let text = std::str::from_utf8(body).ok();
         let document = Document {
@@ -129,23 +130,17 @@ impl DeadLetter {
 
     /// Returns the CloudEvents `time` attribute, formatted as in the document.
     pub fn rfc3339_time(&self) -> String {
-        humantime::format_rfc3339_millis(self.time).to_string()
+        rfc3339(self.time)
     }
 
     /// Milliseconds since the Unix epoch at which the callback was received.
     pub fn unix_time_millis(&self) -> i64 {
-        self.time
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as i64)
-            .unwrap_or(0)
+        unix_millis(self.time)
     }
 
     /// Seconds since the Unix epoch at which the callback was received.
     pub fn unix_time(&self) -> u64 {
-        self.time
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or(0)
+        unix_secs(self.time)
     }
 }
 
@@ -251,6 +246,8 @@ fn log_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
+
     use crate::callback::Callback;
 
     fn rejection(body: &[u8]) -> ApiError {

@@ -101,24 +101,32 @@ impl Event {
 
     /// Milliseconds since the Unix epoch at which the callback was received.
     pub fn unix_time_millis(&self) -> i64 {
-        self.time
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as i64)
-            .unwrap_or(0)
+        unix_millis(self.time)
     }
 
     /// Seconds since the Unix epoch at which the callback was received.
     pub fn unix_time(&self) -> u64 {
-        self.time
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or(0)
+        unix_secs(self.time)
     }
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds, as CloudEvents `time`.
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Milliseconds since the Unix epoch, as Kafka message timestamps count; 0 before it.
+pub(crate) fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch, as AMQP timestamps count; 0 before it.
+pub(crate) fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
