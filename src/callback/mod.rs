@@ -9,6 +9,8 @@ use serde_json::value::RawValue;
 use url::Url;
 
 mod document;
+#[cfg(test)]
+mod properties;
 
 use document::check_structure;
 pub use document::{MAX_NESTING_DEPTH, parse_document};
