@@ -1485,11 +1485,21 @@ mod tests {
     #[test]
     fn example_file_documents_every_key() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
-        let loaded = Settings::load_from(Some(&path), Some(HashMap::new())).expect("example loads");
+        // The example turns tokens on with a placeholder that must not pass for a token.
+        let error = Settings::load_from(Some(&path), Some(HashMap::new())).unwrap_err();
+        assert_eq!(error.key, "auth.tokens", "{error}");
+
+        let token = "0123456789abcdef0123456789abcdef";
+        let environment =
+            HashMap::from([("WEBHOOK_BRIDGE__AUTH__TOKENS".to_owned(), token.to_owned())]);
+        let loaded = Settings::load_from(Some(&path), Some(environment)).expect("example loads");
+        assert_eq!(loaded.auth.tokens.len(), 1);
+        let mut defaults = Settings::default();
+        defaults.auth.tokens = loaded.auth.tokens.clone();
         assert_eq!(
             loaded.to_redacted_json(),
-            Settings::default().to_redacted_json(),
-            "the example shows the defaults"
+            defaults.to_redacted_json(),
+            "apart from the token, the example shows the defaults"
         );
 
         let text = std::fs::read_to_string(&path).unwrap();
