@@ -28,10 +28,11 @@ use crate::routes::{self, AppState};
 const ACCESS_LOG_FORMAT: &str = r#"%{client}xi "%{method}xi %{path}xi" %s %b %Dms"#;
 
 /// Replaces the part of a request path that may hold a token. The webhook path followed by
-/// a segment is the endpoint with a token in the path. Another unknown path may be a
-/// mistyped one with a token, so only its first segment is logged.
+/// a segment is the endpoint with a token in the path. Any other unknown path may be a
+/// mistyped callback URL with a token in any form (`/webhook%2F<token>`, `/<token>`), so it
+/// is logged as `/***` whole.
 pub fn redacted_path(path: &str, webhook_path: &str) -> String {
-    let known = [webhook_path, "/healthz", "/readyz", "/metrics"];
+    let known = [webhook_path, "/healthz", "/readyz", "/metrics", "/", ""];
     if known.contains(&path) {
         return path.to_owned();
     }
@@ -41,10 +42,7 @@ pub fn redacted_path(path: &str, webhook_path: &str) -> String {
     {
         return format!("{webhook_path}/***");
     }
-    match path[1.min(path.len())..].find('/') {
-        Some(end) => format!("{}/***", &path[..end + 1]),
-        None => path.to_owned(),
-    }
+    "/***".to_owned()
 }
 
 /// Time allowed for closing the RabbitMQ connection after the HTTP server stopped. Kafka
@@ -219,9 +217,11 @@ mod tests {
             ("/webhook", "/webhook"),
             ("/webhook/0123456789abcdef0123456789abcdef", "/webhook/***"),
             ("/webhook/a/b", "/webhook/***"),
-            ("/webhookx", "/webhookx"),
+            ("/webhookx", "/***"),
             ("/healthz", "/healthz"),
-            ("/webhok/0123456789abcdef", "/webhok/***"),
+            ("/webhok/0123456789abcdef", "/***"),
+            ("/webhook%2F0123456789abcdef0123456789abcdef", "/***"),
+            ("/0123456789abcdef0123456789abcdef", "/***"),
             ("/", "/"),
             ("", ""),
         ];
@@ -232,6 +232,6 @@ mod tests {
             redacted_path("/hooks/media/secret-token", "/hooks/media"),
             "/hooks/media/***"
         );
-        assert_eq!(redacted_path("/hooks/other", "/hooks/media"), "/hooks/***");
+        assert_eq!(redacted_path("/hooks/other", "/hooks/media"), "/***");
     }
 }

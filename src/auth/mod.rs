@@ -20,6 +20,7 @@ pub use token::{MAX_TOKEN_CHARS, MIN_TOKEN_CHARS, Tokens};
 
 use crate::config::{AuthSettings, ConfigError};
 use crate::error::ApiError;
+use crate::event::unix_secs;
 use crate::log_throttle::LogThrottle;
 
 /// Shortest time between two log lines about rejected requests. A client that keeps trying
@@ -148,7 +149,18 @@ impl Authenticator {
             (false, true) => {
                 Err(self.reject(request, Requirement::Token, &self.token_failure(request)))
             }
-            (_, false) => Ok(Admission::NeedsSignature),
+            // What needs no body is checked now, so that a request without a usable
+            // signature cannot hold an in-flight slot while its body trickles in.
+            (_, false) => {
+                let now_secs = unix_secs(SystemTime::now());
+                signature::check_headers(
+                    signed_headers(request),
+                    now_secs,
+                    self.timestamp_tolerance_secs,
+                )
+                .map(|_| Admission::NeedsSignature)
+                .map_err(|cause| self.signature_rejection(request, &cause))
+            }
         }
     }
 
@@ -160,26 +172,27 @@ impl Authenticator {
         body: &[u8],
         received_at: SystemTime,
     ) -> Result<(), ApiError> {
-        let headers = request.headers();
-        let signed = SignedHeaders {
-            id: header_text(headers, signature::ID_HEADER),
-            timestamp: header_text(headers, signature::TIMESTAMP_HEADER),
-            signatures: header_text(headers, signature::SIGNATURE_HEADER),
-        };
-        let now_secs = received_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
-        let verified =
-            self.signing_keys
-                .verify(signed, body, now_secs, self.timestamp_tolerance_secs);
-        let Err(cause) = verified else {
-            return Ok(());
-        };
+        let verified = self.signing_keys.verify(
+            signed_headers(request),
+            body,
+            unix_secs(received_at),
+            self.timestamp_tolerance_secs,
+        );
+        verified.map_err(|cause| self.signature_rejection(request, &cause))
+    }
+
+    /// Logs and returns the rejection of a request whose signature failed, naming the token
+    /// failure too when tokens could have admitted it.
+    fn signature_rejection(
+        &self,
+        request: &HttpRequest,
+        cause: &signature::SignatureError,
+    ) -> ApiError {
         if self.tokens.is_empty() {
-            Err(self.reject(request, Requirement::Signature, &cause))
+            self.reject(request, Requirement::Signature, cause)
         } else {
             let cause = format!("{}; {cause}", self.token_failure(request));
-            Err(self.reject(request, Requirement::TokenOrSignature, &cause))
+            self.reject(request, Requirement::TokenOrSignature, &cause)
         }
     }
 
@@ -251,6 +264,16 @@ fn bearer_token(value: &str) -> Option<&str> {
         .then(|| token.trim_start())
 }
 
+/// The Standard Webhooks headers of `request`.
+fn signed_headers(request: &HttpRequest) -> SignedHeaders<'_> {
+    let headers = request.headers();
+    SignedHeaders {
+        id: header_text(headers, signature::ID_HEADER),
+        timestamp: header_text(headers, signature::TIMESTAMP_HEADER),
+        signatures: header_text(headers, signature::SIGNATURE_HEADER),
+    }
+}
+
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
@@ -319,13 +342,35 @@ mod tests {
             settings.tokens = vec![Secret::new(TOKEN)];
             settings.signing_secrets = vec![Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
         });
+        // Without usable signature headers, the request is rejected before its body is read.
         let request = TestRequest::post()
             .uri("/webhook?token=wrong")
             .to_http_request();
+        assert!(matches!(
+            auth.check_head(&request),
+            Err(ApiError::Unauthorized)
+        ));
+        let now = unix_secs(SystemTime::now()).to_string();
+        let stale = (unix_secs(SystemTime::now()) - 3_600).to_string();
+        let signed = |timestamp: &str| {
+            TestRequest::post()
+                .uri("/webhook?token=wrong")
+                .insert_header(("webhook-id", "msg_1"))
+                .insert_header(("webhook-timestamp", timestamp))
+                .insert_header((
+                    "webhook-signature",
+                    "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                ))
+                .to_http_request()
+        };
         assert_eq!(
-            auth.check_head(&request).ok(),
+            auth.check_head(&signed(&now)).ok(),
             Some(Admission::NeedsSignature)
         );
+        assert!(matches!(
+            auth.check_head(&signed(&stale)),
+            Err(ApiError::Unauthorized)
+        ));
         let request = TestRequest::post()
             .uri(&format!("/webhook?token={TOKEN}"))
             .to_http_request();

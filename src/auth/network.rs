@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// A list of networks, such as `auth.allowed_networks`.
 #[derive(Debug, Clone, Default)]
@@ -53,7 +53,21 @@ fn parse_network(entry: &str) -> Result<IpNet, String> {
         IpNet::from(address)
     };
     // `10.1.2.3/8` means 10.0.0.0/8; bits after the prefix play no part in matching.
-    Ok(network.trunc())
+    Ok(ipv4_form(network).trunc())
+}
+
+/// Returns an IPv4 network written in IPv4-mapped IPv6 form (`::ffff:192.0.2.0/120`) as the
+/// IPv4 network (`192.0.2.0/24`): client addresses are compared in IPv4 form, so the mapped
+/// form would never match.
+fn ipv4_form(network: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = network
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(v4) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(v4);
+    }
+    network
 }
 
 /// Returns the address of the client that sent a request arriving from `peer`. When `peer` is
@@ -118,6 +132,15 @@ mod tests {
         assert!(!list.contains(ip("2001:db9::1")));
         assert!(list.contains(ip("::ffff:10.9.9.9")), "IPv4-mapped IPv6");
         assert_eq!(list.len(), 4);
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_match_ipv4_clients() {
+        let list = networks(&["::ffff:127.0.0.2", "::ffff:192.0.2.0/120"]);
+        assert!(list.contains(ip("127.0.0.2")));
+        assert!(list.contains(ip("192.0.2.77")));
+        assert!(list.contains(ip("::ffff:192.0.2.77")));
+        assert!(!list.contains(ip("192.0.3.1")));
     }
 
     #[test]

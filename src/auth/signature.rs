@@ -43,6 +43,8 @@ pub enum SignatureError {
     InvalidTimestamp,
     #[error("webhook-timestamp is {skew_secs} s away from the bridge's clock")]
     OutsideTolerance { skew_secs: i128 },
+    #[error("webhook-signature holds no v1 signature")]
+    NoSignature,
     #[error("no v1 signature matches any signing secret")]
     NoMatch,
 }
@@ -90,32 +92,16 @@ impl SigningKeys {
         now_secs: u64,
         tolerance_secs: u64,
     ) -> Result<(), SignatureError> {
-        let id = headers.id.ok_or(SignatureError::MissingHeader(ID_HEADER))?;
-        let timestamp = headers
-            .timestamp
-            .ok_or(SignatureError::MissingHeader(TIMESTAMP_HEADER))?;
-        let signatures = headers
-            .signatures
-            .ok_or(SignatureError::MissingHeader(SIGNATURE_HEADER))?;
-        if id.is_empty() {
-            return Err(SignatureError::MissingHeader(ID_HEADER));
-        }
-
-        let sent_at = parse_timestamp(timestamp)?;
-        let skew_secs = i128::from(now_secs) - i128::from(sent_at);
-        if skew_secs.unsigned_abs() > u128::from(tolerance_secs) {
-            return Err(SignatureError::OutsideTolerance { skew_secs });
-        }
-
+        let checked = check_headers(headers, now_secs, tolerance_secs)?;
         let expected: Vec<[u8; 32]> = self
             .keys
             .iter()
-            .map(|key| sign(key, id, timestamp, body))
+            .map(|key| sign(key, checked.id, checked.timestamp, body))
             .collect();
         let mut matched = Choice::from(0);
-        for presented in signatures.split(' ').filter_map(decode_v1_signature) {
+        for presented in &checked.signatures {
             for tag in &expected {
-                matched |= tag.ct_eq(&presented);
+                matched |= tag.ct_eq(presented);
             }
         }
         if bool::from(matched) {
@@ -124,6 +110,52 @@ impl SigningKeys {
             Err(SignatureError::NoMatch)
         }
     }
+}
+
+/// Signature headers that passed the checks which need no body.
+pub struct CheckedHeaders<'a> {
+    id: &'a str,
+    timestamp: &'a str,
+    signatures: Vec<[u8; 32]>,
+}
+
+/// Checks what can be checked before the body is read: all three headers present, a
+/// non-empty id, a timestamp within `tolerance_secs` of `now_secs`, and at least one `v1`
+/// signature. A request that fails here is rejected without reading its body.
+pub fn check_headers<'a>(
+    headers: SignedHeaders<'a>,
+    now_secs: u64,
+    tolerance_secs: u64,
+) -> Result<CheckedHeaders<'a>, SignatureError> {
+    let id = headers.id.ok_or(SignatureError::MissingHeader(ID_HEADER))?;
+    let timestamp = headers
+        .timestamp
+        .ok_or(SignatureError::MissingHeader(TIMESTAMP_HEADER))?;
+    let signatures = headers
+        .signatures
+        .ok_or(SignatureError::MissingHeader(SIGNATURE_HEADER))?;
+    if id.is_empty() {
+        return Err(SignatureError::MissingHeader(ID_HEADER));
+    }
+
+    let sent_at = parse_timestamp(timestamp)?;
+    let skew_secs = i128::from(now_secs) - i128::from(sent_at);
+    if skew_secs.unsigned_abs() > u128::from(tolerance_secs) {
+        return Err(SignatureError::OutsideTolerance { skew_secs });
+    }
+
+    let signatures: Vec<[u8; 32]> = signatures
+        .split(' ')
+        .filter_map(decode_v1_signature)
+        .collect();
+    if signatures.is_empty() {
+        return Err(SignatureError::NoSignature);
+    }
+    Ok(CheckedHeaders {
+        id,
+        timestamp,
+        signatures,
+    })
 }
 
 /// Computes the HMAC-SHA256 of `{id}.{timestamp}.{body}` with `key`.
@@ -245,8 +277,11 @@ mod tests {
 
     #[test]
     fn unmatched_signatures_fail() {
+        assert_eq!(
+            verify_vector(&format!("v1,{OTHER_SIGNATURE}"), VECTOR_TIMESTAMP),
+            Err(SignatureError::NoMatch)
+        );
         for list in [
-            format!("v1,{OTHER_SIGNATURE}"),
             format!("v2,{}", &VECTOR_SIGNATURE[3..]),
             VECTOR_SIGNATURE[3..].to_owned(),
             String::new(),
@@ -254,7 +289,7 @@ mod tests {
         ] {
             assert_eq!(
                 verify_vector(&list, VECTOR_TIMESTAMP),
-                Err(SignatureError::NoMatch),
+                Err(SignatureError::NoSignature),
                 "{list:?}"
             );
         }

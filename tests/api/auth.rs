@@ -4,6 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
@@ -199,6 +201,43 @@ async fn rejected_before_body_and_media_type() {
         wrong_type.status(),
         415,
         "a valid token reaches the media type check"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn unsigned_request_is_rejected_before_its_body() {
+    let app = spawn_app_with(|settings| {
+        with_tokens(&[TOKEN])(settings);
+        with_secret(settings);
+        settings.server.max_in_flight = 1;
+    })
+    .await;
+    // No token and no signature headers: the answer comes before the body, which never
+    // arrives, so the request neither waits for the body timeout nor holds an in-flight slot.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /webhook HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0_u8; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stalled.read(&mut answer))
+        .await
+        .expect("answered before the body arrived")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    let body = completed_body(&unique_task_id());
+    let bearer = [("authorization", format!("Bearer {TOKEN}"))];
+    let accepted = post(&app, "/webhook", &bearer, &body).await;
+    assert_eq!(
+        accepted.status(),
+        200,
+        "the stalled request holds no in-flight slot"
     );
     app.teardown().await;
 }
