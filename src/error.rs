@@ -12,7 +12,7 @@ use crate::delivery::DeliveryError;
 /// A request that was not forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Credentials are missing or invalid, or the client network is not allowed. The answer
+    /// Missing or invalid credentials, or a client network that is not allowed. The response
     /// is the same whatever failed, so that it tells a prober nothing.
     #[error("missing or invalid credentials")]
     Unauthorized,
@@ -164,7 +164,7 @@ impl ResponseError for ApiError {
             | Self::Overloaded { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
             }
-            // RFC 9110 asks every 401 to carry a challenge; it is the same for every failure.
+            // RFC 9110 requires a challenge on every 401. It is the same for every failure.
             Self::Unauthorized => {
                 response.insert_header((
                     header::WWW_AUTHENTICATE,

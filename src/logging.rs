@@ -24,8 +24,8 @@ const TEXT_INDENT: &str = "\n    ";
 /// and the connection's StartOk frame carries the user and password as bytes.
 const CREDENTIAL_TRACING_TARGETS: [&str; 2] = ["lapin", "amq_protocol"];
 
-/// Returns whether `record` is dropped whatever `RUST_LOG` says, because it may carry a
-/// secret that no redaction can recognise.
+/// Returns whether `record` is dropped whatever the `RUST_LOG` filter allows, because it may
+/// carry a secret that no redaction can recognise.
 pub fn is_withheld(record: &Record<'_>) -> bool {
     record.level() == log::Level::Trace
         && CREDENTIAL_TRACING_TARGETS.iter().any(|crate_name| {

@@ -264,7 +264,7 @@ fn bearer_token(value: &str) -> Option<&str> {
         .then(|| token.trim_start())
 }
 
-/// The Standard Webhooks headers of `request`.
+/// Returns the Standard Webhooks headers of `request`.
 fn signed_headers(request: &HttpRequest) -> SignedHeaders<'_> {
     let headers = request.headers();
     SignedHeaders {

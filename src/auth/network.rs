@@ -72,7 +72,7 @@ fn ipv4_form(network: IpNet) -> IpNet {
 
 /// Returns the address of the client that sent a request arriving from `peer`. When `peer` is
 /// a trusted proxy, `forwarded_for` (the `X-Forwarded-For` values in order) is read from the
-/// right, skipping addresses of trusted proxies; the first other address is the client. Each
+/// right, skipping addresses of trusted proxies, and the first other address is the client. Each
 /// proxy appends the address it received from, so only entries that a trusted proxy wrote
 /// can be believed, and anything to their left may be forged by the client.
 ///

@@ -244,7 +244,7 @@ fn list_output() -> impl Strategy<Value = Json> {
     prop::collection::vec(single_output(), 1..4).prop_map(Json::Array)
 }
 
-/// A value for each of a non-empty set of output fields.
+/// Generates a value for each of a non-empty set of output fields.
 fn outputs() -> impl Strategy<Value = Vec<Member>> {
     (
         prop::option::of(single_output()),
@@ -265,7 +265,7 @@ fn outputs() -> impl Strategy<Value = Vec<Member>> {
         .prop_filter("at least one output", |outputs| !outputs.is_empty())
 }
 
-/// A `data` object: outputs mixed with model fields, in any order.
+/// Generates a `data` object: outputs mixed with model fields, in any order.
 fn data() -> impl Strategy<Value = Json> {
     (
         outputs(),

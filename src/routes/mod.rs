@@ -41,8 +41,8 @@ pub struct AppState {
     pub in_flight_permits: Arc<Semaphore>,
 }
 
-/// Registers every route; `webhook_path` is the callback endpoint. With `path_tokens`, the
-/// endpoint also answers on `<webhook_path>/<token>`.
+/// Registers every route, with `webhook_path` as the callback endpoint. With `path_tokens`,
+/// the endpoint is also served on `<webhook_path>/<token>`.
 pub fn configure(config: &mut web::ServiceConfig, webhook_path: &str, path_tokens: bool) {
     if path_tokens {
         config.service(

@@ -27,14 +27,14 @@ pub async fn receive_callback(
     // The guard lowers the in-flight gauge also when actix-web drops this future, as it does
     // when the client resets the connection.
     let in_flight = state.metrics.start_request();
-    // Beyond the cap the answer is immediate, so that a flood of requests cannot build a
+    // Beyond the cap the 503 is returned at once, so that a flood of requests cannot build a
     // queue of bodies in memory.
     let Ok(permit) = state.in_flight_permits.clone().try_acquire_owned() else {
         let error = ApiError::Overloaded {
             retry_after_secs: state.retry_after_secs,
         };
         in_flight.finish(error.status(), error.code());
-        debug!("Answering 503: server.max_in_flight callback requests are in flight.");
+        debug!("Responding 503: server.max_in_flight callback requests are in flight.");
         return Err(error);
     };
     let forwarded = forward_callback(&request, payload, &state, permit).await;

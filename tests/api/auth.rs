@@ -1,6 +1,6 @@
 //! Authentication of callbacks: tokens in the path, the query string and a Bearer header,
-//! Standard Webhooks signatures, client networks behind trusted proxies, and what a rejected
-//! request leaves behind (nothing in the broker or Redis, a metric, no secret in the log).
+//! Standard Webhooks signatures, and client networks behind trusted proxies. A rejected
+//! request leaves nothing in the broker or Redis, counts in a metric, and logs no secret.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -101,7 +101,7 @@ async fn post_signed(
     post(app, "/webhook", &headers, &sent).await
 }
 
-/// Checks that `response` is the one 401 answer, the same for every failure.
+/// Checks that `response` is the 401 response that every failure gets.
 async fn assert_unauthorized(response: reqwest::Response, case: &str) {
     assert_eq!(response.status(), 401, "{case}");
     assert_eq!(
@@ -213,7 +213,7 @@ async fn unsigned_request_is_rejected_before_its_body() {
         settings.server.max_in_flight = 1;
     })
     .await;
-    // No token and no signature headers: the answer comes before the body, which never
+    // No token and no signature headers: the 401 is sent before the body, which never
     // arrives, so the request neither waits for the body timeout nor holds an in-flight slot.
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();

@@ -1,5 +1,5 @@
 //! JSON edge cases: each gets its documented 4xx, never a 5xx, and nothing is claimed or
-//! published; numbers beyond 64 bits reach the broker byte for byte.
+//! published. Numbers beyond 64 bits reach the broker byte for byte.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -30,8 +30,8 @@ pub struct KafkaMessage {
 }
 
 /// Points `settings` at Kafka on `brokers`, with the topics `test.<id>.completed`,
-/// `test.<id>.failed` and `test.<id>.invalid` (dead letters; created only by the tests that
-/// read it) and short health-check intervals.
+/// `test.<id>.failed` and `test.<id>.invalid`, and short health-check intervals. Only the
+/// tests that read dead letters create the `invalid` topic.
 pub fn use_kafka(settings: &mut Settings, brokers: &str, id: &str) {
     settings.broker.kind = BrokerKind::Kafka;
     settings.kafka.brokers = brokers.to_owned();
@@ -53,7 +53,7 @@ pub fn topics_of(id: &str) -> [String; 2] {
     [format!("test.{id}.completed"), format!("test.{id}.failed")]
 }
 
-/// The dead-letter topic of `id`.
+/// Returns the dead-letter topic of `id`.
 pub fn invalid_topic_of(id: &str) -> String {
     format!("test.{id}.invalid")
 }

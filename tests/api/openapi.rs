@@ -48,8 +48,8 @@ fn resolve(document: &Value, mut pointer: String) -> String {
     pointer
 }
 
-/// The pointer to the response object that the document gives for `status`, or to a shared
-/// response under `components/responses` when `operation` is `None`.
+/// Returns the JSON pointer to the response object that the document gives for `status`, or
+/// to a shared response under `components/responses` when `operation` is `None`.
 fn response_pointer(document: &Value, operation: Option<(&str, &str)>, status: u16) -> String {
     let pointer = match operation {
         Some((method, path)) => format!(
@@ -177,7 +177,7 @@ fn documented_codes(value: &Value, codes: &mut BTreeSet<String>) {
     }
 }
 
-/// The documented operations, as (method, path) pairs.
+/// Returns the documented operations, as (method, path) pairs.
 fn documented_operations(document: &Value) -> BTreeSet<(String, String)> {
     let mut operations = BTreeSet::new();
     for (path, item) in document["paths"].as_object().unwrap() {
